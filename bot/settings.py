@@ -1,0 +1,51 @@
+"""Every knob of the bot, with its default; each has a line in `.env.example`.
+
+Built once by the launcher and handed to whatever needs it: nothing reads the environment
+anywhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import Field, SecretStr
+
+from generation.settings import GenerationSettings
+
+log = logging.getLogger(__name__)
+
+
+class Settings(GenerationSettings):
+    # Discord
+    discord_token: SecretStr | None = None
+    discord_api_base: str | None = None  # e.g. a rate-limit proxy, or the tests' fake Discord
+    discord_gateway_url: str | None = None
+    dev_guild_id: int | None = None  # sync commands to one guild instantly while developing
+    admin_role: str | None = None  # role name or id that may use /admin besides Manage Server
+
+    # store
+    store_url: str = "sqlite:///data/bot.db"
+    mongodb_db: str = "imaginebot"
+    mongodb_write_concern: str = "majority"
+    log_buffer_max: int = 10_000  # request-log writes kept in memory while the store is down
+
+    # queue and fairness
+    max_queue: int = 200
+    max_queued_per_user: int = 5
+    daily_gpu_seconds_per_user: float = 1800.0
+    priority_roles: dict[str, int] = Field(default_factory=dict)  # role name/id -> priority
+    max_tries: int = 2
+    lease_s: float = 60.0
+    progress_edit_interval_s: float = 2.0
+
+    # web server
+    web_host: str = "127.0.0.1"
+    web_port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict)  # key name -> secret
+    link_secret: SecretStr | None = None  # signs download links; random per start if unset
+    link_expiry_s: int = 7 * 24 * 3600
+    results_dir: str = "data/results"
+
+    # scale-out
+    queue_url: str | None = None  # redis://… switches execution to arq workers
