@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 
 class GenerationSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     hf_token: SecretStr | None = Field(default=None, description="Hugging Face token for gated repos")
     model_cache_dir: Path = Field(default=Path("models"), description="where weights are cached")
