@@ -1,0 +1,296 @@
+"""Validated generation requests: the one place that knows what a request may ask for.
+
+The Discord cogs, the REST API and the CLI all hand raw values to :func:`validate_request`
+and get back a frozen request whose every field is in range, with the seed chosen (and
+therefore recorded) when the caller gave none. Limits come from the model's spec. Every
+violation raises :class:`InvalidRequest` with a message naming the parameter and what is
+allowed, which is safe to show to the member who typed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import secrets
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from generation.errors import InvalidRequest
+from generation.models import ModelSpec
+from generation.settings import GenerationSettings
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**32 - 1
+SIZE_MULTIPLE = 8
+
+#: keys `validate_request` accepts besides the request fields (they are checked elsewhere)
+_IGNORED_KEYS = frozenset({"kind", "model"})
+#: alternative spellings callers commonly use
+_ALIASES = {"guidance_scale": "guidance", "num_frames": "frames", "num_inference_steps": "steps"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageRequest:
+    """A validated text-to-image request; every field is final, the seed included."""
+
+    kind: ClassVar[Literal["image"]] = "image"
+
+    model: str
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageRequest:
+        return cls(**_fields_from_dict(cls, data))
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoRequest:
+    """A validated text-to-video request; every field is final, the seed included."""
+
+    kind: ClassVar[Literal["video"]] = "video"
+
+    model: str
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    frames: int
+    fps: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VideoRequest:
+        return cls(**_fields_from_dict(cls, data))
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.fps
+
+
+GenerationRequest = ImageRequest | VideoRequest
+
+
+def _fields_from_dict(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Restore a stored request: exact field set, light type coercion, no range checks.
+
+    Range checks need the model spec, which may have changed since the request was stored;
+    a stored request was validated when it was made.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    missing = names - set(data)
+    if missing:
+        raise ValueError(f"{cls.__name__}: missing field(s) {', '.join(sorted(missing))}")
+    out: dict[str, Any] = {}
+    for name in names:
+        value = data[name]
+        if name in ("model", "prompt"):
+            out[name] = str(value)
+        elif name == "negative_prompt":
+            out[name] = None if value is None else str(value)
+        elif name == "guidance":
+            out[name] = float(value)
+        else:
+            out[name] = int(value)
+    return out
+
+
+def request_from_dict(data: Mapping[str, Any]) -> GenerationRequest:
+    """Restore a request stored with `to_dict()` (its "kind" says which type)."""
+    kind = data.get("kind")
+    if kind == "image":
+        return ImageRequest.from_dict(data)
+    if kind == "video":
+        return VideoRequest.from_dict(data)
+    raise ValueError(f"stored request has unknown kind {kind!r}")
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def clean_text(text: str) -> str:
+    """Control characters out (whitespace ones become spaces), runs of spaces kept, ends trimmed."""
+    out = []
+    for ch in text:
+        if ch in "\t\n\r\v\f":
+            out.append(" ")
+        elif unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u2028\u2029":
+            continue
+        else:
+            out.append(ch)
+    return "".join(out).strip()
+
+
+def _prompt(value: Any, *, name: str, required: bool) -> str | None:
+    if value is None:
+        if required:
+            raise InvalidRequest(
+                f"{name} is required: describe what to generate (1-{MAX_PROMPT_CHARS} characters)."
+            )
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be text, not {type(value).__name__}.")
+    text = clean_text(value)
+    if not text:
+        if required:
+            raise InvalidRequest(f"{name} is empty: it needs 1-{MAX_PROMPT_CHARS} characters of text.")
+        return None
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(
+            f"{name} is {len(text)} characters long; the most allowed is {MAX_PROMPT_CHARS}."
+        )
+    return text
+
+
+def _int(value: Any, *, name: str, lo: int, hi: int) -> int:
+    allowed = f"a whole number from {lo} to {hi}"
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be {allowed}, not {value!r}.")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            raise InvalidRequest(f"{name} must be {allowed}, not {text[:40]!r}.") from None
+    elif isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise InvalidRequest(f"{name} must be {allowed}, not {value!r}.")
+        value = int(value)
+    elif not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be {allowed}, not {type(value).__name__}.")
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be {allowed} (got {value}).")
+    return value
+
+
+def _float(value: Any, *, name: str, lo: float, hi: float) -> float:
+    allowed = f"a number from {lo:g} to {hi:g}"
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be {allowed}, not {value!r}.")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            raise InvalidRequest(f"{name} must be {allowed}, not {text[:40]!r}.") from None
+    elif not isinstance(value, int | float):
+        raise InvalidRequest(f"{name} must be {allowed}, not {type(value).__name__}.")
+    value = float(value)
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be {allowed} (got {value:g}).")
+    return value
+
+
+def _size(value: Any, *, name: str, lo: int, hi: int) -> int:
+    size = _int(value, name=name, lo=lo, hi=hi)
+    if size % SIZE_MULTIPLE:
+        below = size - size % SIZE_MULTIPLE
+        hint = f"; try {below}" if below >= lo else f"; try {below + SIZE_MULTIPLE}"
+        raise InvalidRequest(
+            f"{name} must be a multiple of {SIZE_MULTIPLE} from {lo} to {hi} (got {size}{hint})."
+        )
+    return size
+
+
+def _article(kind: str) -> str:
+    return f"an {kind}" if kind == "image" else f"a {kind}"
+
+
+def random_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def validate_request(
+    kind: str,
+    raw: Mapping[str, Any],
+    spec: ModelSpec,
+    settings: GenerationSettings | None = None,
+) -> GenerationRequest:
+    """Check every parameter against `spec` and return the final, frozen request.
+
+    Missing or None values take the model's defaults; a missing seed is drawn at random
+    here so that the returned request (and whatever stores it) can reproduce the result.
+    """
+    if kind not in ("image", "video"):
+        raise InvalidRequest(f"kind must be 'image' or 'video', not {kind!r}.")
+    if spec.kind != kind:
+        raise InvalidRequest(f"model {spec.id!r} makes {spec.kind}s; choose {_article(kind)} model.")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = _ALIASES.get(key, key)
+        if key in _IGNORED_KEYS:
+            continue
+        values[key] = value
+    model = raw.get("model")
+    if model is not None and model != spec.id:
+        raise InvalidRequest(f"model {model!r} does not match the model spec {spec.id!r}.")
+
+    allowed = {"prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height"}
+    if kind == "video":
+        allowed |= {"frames", "fps"}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown parameter(s) {', '.join(unknown)} for {_article(kind)}; "
+            f"allowed: {', '.join(sorted(allowed))}."
+        )
+
+    def get(name: str, default: Any) -> Any:
+        value = values.get(name)
+        return default if value is None else value
+
+    max_steps = spec.max_steps
+    default_steps = spec.default_steps
+    if settings is not None:
+        if settings.max_steps is not None:
+            max_steps = max(spec.min_steps, min(max_steps, settings.max_steps))
+        if settings.default_steps is not None:
+            default_steps = settings.default_steps
+        default_steps = max(spec.min_steps, min(default_steps, max_steps))
+
+    prompt = _prompt(values.get("prompt"), name="prompt", required=True)
+    assert prompt is not None
+    common: dict[str, Any] = {
+        "model": spec.id,
+        "prompt": prompt,
+        "negative_prompt": _prompt(values.get("negative_prompt"), name="negative_prompt", required=False),
+        "seed": _int(get("seed", random_seed()), name="seed", lo=0, hi=MAX_SEED),
+        "steps": _int(get("steps", default_steps), name="steps", lo=spec.min_steps, hi=max_steps),
+        "guidance": _float(
+            get("guidance", spec.default_guidance),
+            name="guidance",
+            lo=spec.min_guidance,
+            hi=spec.max_guidance,
+        ),
+        "width": _size(get("width", spec.default_width), name="width", lo=spec.min_width, hi=spec.max_width),
+        "height": _size(
+            get("height", spec.default_height), name="height", lo=spec.min_height, hi=spec.max_height
+        ),
+    }
+    if kind == "image":
+        return ImageRequest(**common)
+    return VideoRequest(
+        **common,
+        frames=_int(
+            get("frames", spec.default_frames), name="frames", lo=spec.min_frames, hi=spec.max_frames
+        ),
+        fps=_int(get("fps", spec.default_fps), name="fps", lo=spec.min_fps, hi=spec.max_fps),
+    )
