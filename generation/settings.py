@@ -36,3 +36,9 @@ class GenerationSettings(BaseSettings):
     max_steps: int | None = None  # caps every model's maximum steps
     job_timeout_s: float = 900.0
     step_watchdog_s: float = 300.0
+    # never contact the Hugging Face hub: load only what MODEL_CACHE_DIR already holds
+    hf_offline: bool = False
+    # pipelines kept loaded at once; loading one more unloads the least recently used
+    max_resident_models: int = Field(default=2, ge=1)
+    # a low-res preview from the latents every N denoising steps (0 = none)
+    preview_every_steps: int = Field(default=5, ge=0)

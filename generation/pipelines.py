@@ -1,0 +1,575 @@
+"""Loading diffusers pipelines and running one request at a time, with progress and cancel.
+
+All methods block; they are meant for the one GPU worker thread (or the CLI). Pipelines are
+loaded once and stay resident (up to `MAX_RESIDENT_MODELS`); switching models is explicit,
+logged, and evicts the least recently used one.
+
+Memory modes, from fastest to leanest (`MEMORY_MODE`, or chosen by free VRAM when `auto`):
+
+- ``full``: the whole pipeline on the GPU;
+- ``offload``: model CPU offload (one component on the GPU at a time) + VAE slicing;
+- ``sequential``: sequential CPU offload (layer by layer) + VAE slicing and tiling;
+- ``sequential_lowvae``: as sequential, with smaller VAE tiles.
+
+After an out-of-memory error the worker calls :meth:`PipelineManager.downgrade_memory` and
+retries. On a CPU device every mode keeps the weights in RAM; the VAE slicing/tiling part of
+a mode still applies, so the fallback path is exercised by the CPU tests too.
+
+Test seam: :attr:`PipelineManager.step_hooks` are called from inside the step callback with
+the :class:`StepInfo`; an exception raised there (e.g. ``torch.cuda.OutOfMemoryError``)
+propagates out of :meth:`PipelineManager.run` exactly like one raised by the UNet.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from generation.errors import GenerationCancelled, ModelUnavailable
+from generation.models import ModelSpec, build_registry, get_spec
+from generation.params import GenerationRequest, VideoRequest
+from generation.preview import latents_to_preview
+from generation.settings import GenerationSettings
+from generation.tiny import ensure_tiny
+
+log = logging.getLogger(__name__)
+
+MEMORY_MODES = ("full", "offload", "sequential", "sequential_lowvae")
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+#: VRAM headroom on top of a spec's estimate before `auto` keeps a pipeline fully on the GPU
+_FULL_HEADROOM = 1.1
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Progress after `step` of `total` denoising steps; `preview` every few steps."""
+
+    step: int
+    total: int
+    preview: Image.Image | None = None
+
+
+@dataclass
+class GenerationOutput:
+    """What one run produced, before encoding: PIL images or uint8 HxWx3 frames."""
+
+    kind: str
+    request: GenerationRequest
+    images: list[Image.Image] | None
+    frames: list[np.ndarray] | None
+    #: seconds: load (0 when the model was resident), denoise, decode, total
+    timings: dict[str, float]
+    device: str
+    memory_mode: str = "full"
+    #: the safety checker blacked out the image
+    nsfw_detected: bool = False
+
+
+@dataclass
+class _Resident:
+    spec: ModelSpec
+    pipe: Any
+    mode: str
+    accepts: frozenset[str] = field(default_factory=frozenset)
+    var_kwargs: bool = False
+
+
+class PipelineManager:
+    """Owns the loaded pipelines of one device; one request runs at a time."""
+
+    def __init__(self, settings: GenerationSettings, registry: dict[str, ModelSpec] | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else build_registry(settings)
+        self.device = self._resolve_device(settings.device)
+        self.dtype = self._resolve_dtype(settings.dtype, self.device)
+        #: test seam: called with every StepInfo inside the step callback (see module doc)
+        self.step_hooks: list[Callable[[StepInfo], None]] = []
+        self._resident: OrderedDict[str, _Resident] = OrderedDict()
+        #: memory modes chosen by downgrade_memory; they stick across reloads
+        self._mode_override: dict[str, str] = {}
+        self._lock = threading.RLock()
+        _quiet_library_progress_bars()
+
+    # -- device ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve_device(wanted: str) -> str:
+        if wanted == "cpu":
+            return "cpu"
+        available = torch.cuda.is_available()
+        if wanted == "cuda" and not available:
+            raise ModelUnavailable("DEVICE=cuda but no CUDA GPU is visible to torch; set DEVICE=auto or cpu.")
+        return "cuda" if available else "cpu"
+
+    @staticmethod
+    def _resolve_dtype(wanted: str, device: str) -> torch.dtype:
+        if wanted == "auto":
+            return torch.float16 if device == "cuda" else torch.float32
+        if wanted == "fp16" and device == "cpu":
+            log.warning("DTYPE=fp16 is not supported for CPU inference; using fp32 on the CPU")
+            return torch.float32
+        return _DTYPES[wanted]
+
+    @property
+    def dtype_name(self) -> str:
+        return {v: k for k, v in _DTYPES.items()}[self.dtype]
+
+    def device_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "device": self.device,
+            "dtype": self.dtype_name,
+            "gpu": None,
+            "vram_total_gib": None,
+            "vram_free_gib": None,
+            "torch": torch.__version__,
+        }
+        if self.device == "cuda":
+            free, total = torch.cuda.mem_get_info()
+            info.update(
+                gpu=torch.cuda.get_device_name(0),
+                vram_total_gib=round(total / 2**30, 2),
+                vram_free_gib=round(free / 2**30, 2),
+            )
+        return info
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def loaded_models(self) -> list[str]:
+        with self._lock:
+            return list(self._resident)
+
+    def spec(self, model_id: str) -> ModelSpec:
+        return get_spec(self.registry, model_id)
+
+    def load(self, model_id: str) -> None:
+        """Make `model_id` resident (no-op when it is); evicts the least recently used if full."""
+        with self._lock:
+            if model_id in self._resident:
+                self._resident.move_to_end(model_id)
+                return
+            spec = self.spec(model_id)
+            while len(self._resident) >= self.settings.max_resident_models:
+                old = next(iter(self._resident))
+                log.info("switching models: unloading %s to make room for %s", old, model_id)
+                self.unload(old)
+            t0 = time.perf_counter()
+            pipe = self._from_pretrained(spec)
+            if spec.scheduler:
+                pipe.scheduler = _scheduler_class(spec).from_config(pipe.scheduler.config)
+            pipe.set_progress_bar_config(disable=True)
+            mode = self._mode_override.get(model_id) or self._choose_mode(spec)
+            self._apply_mode(pipe, spec, mode)
+            params = inspect.signature(pipe.__call__).parameters
+            resident = _Resident(
+                spec=spec,
+                pipe=pipe,
+                mode=mode,
+                accepts=frozenset(params),
+                var_kwargs=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()),
+            )
+            self._resident[model_id] = resident
+            log.info(
+                "loaded model %s (%s, %s) on %s, %s, memory mode %s in %.1fs",
+                model_id,
+                spec.repo_id,
+                spec.pipeline,
+                self.device,
+                self.dtype_name,
+                mode,
+                time.perf_counter() - t0,
+            )
+
+    def unload(self, model_id: str) -> None:
+        with self._lock:
+            resident = self._resident.pop(model_id, None)
+            if resident is None:
+                return
+            try:
+                resident.pipe.remove_all_hooks()
+            except Exception:  # pragma: no cover - best effort on teardown
+                log.debug("remove_all_hooks failed for %s", model_id, exc_info=True)
+            del resident
+            _free_memory(self.device)
+            log.info("unloaded model %s", model_id)
+
+    def close(self) -> None:
+        for model_id in self.loaded_models():
+            self.unload(model_id)
+
+    def _from_pretrained(self, spec: ModelSpec) -> Any:
+        import diffusers
+
+        cls = getattr(diffusers, spec.pipeline, None)
+        if cls is None or not hasattr(cls, "from_pretrained"):
+            raise ModelUnavailable(
+                f"Model {spec.id!r} names pipeline {spec.pipeline!r}, which diffusers "
+                f"{diffusers.__version__} does not have; fix its 'pipeline' in EXTRA_MODELS."
+            )
+        cache_dir = self.settings.model_cache_dir
+        source: Any = ensure_tiny(spec.id, cache_dir) if spec.tiny else spec.repo_id
+        token = self.settings.hf_token.get_secret_value() if self.settings.hf_token else None
+        kwargs: dict[str, Any] = {
+            "dtype": self.dtype,
+            "cache_dir": str(cache_dir),
+            "token": token,
+            "local_files_only": self.settings.hf_offline or spec.tiny,
+        }
+        if spec.revision:
+            kwargs["revision"] = spec.revision
+        if spec.has_safety_checker and not self.settings.safety_checker:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        use_variant = spec.variant is not None and self.device == "cuda" and self.dtype == torch.float16
+        try:
+            try:
+                return cls.from_pretrained(source, variant=spec.variant if use_variant else None, **kwargs)
+            except (OSError, ValueError) as exc:
+                if not use_variant or "variant" not in str(exc):
+                    raise
+                log.info("%s has no %s weights; loading the default ones", spec.repo_id, spec.variant)
+                return cls.from_pretrained(source, **kwargs)
+        except ModelUnavailable:
+            raise
+        except Exception as exc:
+            raise _unavailable(spec, exc, self.settings) from exc
+
+    # -- memory modes ----------------------------------------------------------------------
+
+    def _choose_mode(self, spec: ModelSpec) -> str:
+        if self.settings.memory_mode != "auto":
+            return self.settings.memory_mode
+        if self.device != "cuda":
+            return "full"
+        free_gib = torch.cuda.mem_get_info()[0] / 2**30
+        scale = 1.0 if self.dtype in (torch.float16, torch.bfloat16) else 2.0
+        if free_gib >= spec.vram_full_gib * scale * _FULL_HEADROOM:
+            mode = "full"
+        elif free_gib >= spec.vram_offload_gib * scale:
+            mode = "offload"
+        else:
+            mode = "sequential"
+        log.info("MEMORY_MODE=auto: %.1f GiB free -> %s for %s", free_gib, mode, spec.id)
+        return mode
+
+    def memory_mode(self, model_id: str) -> str:
+        with self._lock:
+            if model_id in self._resident:
+                return self._resident[model_id].mode
+            return self._mode_override.get(model_id) or self._choose_mode(self.spec(model_id))
+
+    def downgrade_memory(self, model_id: str) -> str | None:
+        """Switch to the next leaner memory mode (after an OOM); None when none is left."""
+        with self._lock:
+            current = self.memory_mode(model_id)
+            index = MEMORY_MODES.index(current)
+            if index + 1 >= len(MEMORY_MODES):
+                return None
+            new = MEMORY_MODES[index + 1]
+            self._mode_override[model_id] = new
+            resident = self._resident.get(model_id)
+            if resident is not None:
+                self._apply_mode(resident.pipe, resident.spec, new)
+                resident.mode = new
+            log.warning("memory mode of %s lowered from %s to %s", model_id, current, new)
+            return new
+
+    def _apply_mode(self, pipe: Any, spec: ModelSpec, mode: str) -> None:
+        if self.device == "cuda":
+            _free_memory(self.device)
+            if mode == "full":
+                pipe.to(self.device)
+            elif mode == "offload":
+                pipe.enable_model_cpu_offload(device=self.device)
+            else:
+                pipe.enable_sequential_cpu_offload(device=self.device)
+        else:
+            pipe.to("cpu")
+        vae = getattr(pipe, "vae", None)
+        if vae is None:
+            return
+        # video pipelines decode every frame in one VAE batch: slice it whatever the mode
+        if (spec.kind == "video" or mode != "full") and hasattr(vae, "enable_slicing"):
+            vae.enable_slicing()
+        if mode.startswith("sequential") and hasattr(vae, "enable_tiling"):
+            vae.enable_tiling()
+            if mode == "sequential_lowvae" and hasattr(vae, "tile_sample_min_size"):
+                factor = 2 ** (len(vae.config.block_out_channels) - 1)
+                vae.tile_sample_min_size = max(factor * 8, vae.tile_sample_min_size // 2)
+                vae.tile_latent_min_size = vae.tile_sample_min_size // factor
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        request: GenerationRequest,
+        *,
+        on_step: Callable[[StepInfo], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> GenerationOutput:
+        """Generate one request; raises GenerationCancelled when `should_cancel()` turns true."""
+        with self._lock:
+            if should_cancel is not None and should_cancel():
+                raise GenerationCancelled("Cancelled before it started.")
+            t_load = time.perf_counter()
+            was_resident = request.model in self._resident
+            self.load(request.model)
+            load_s = 0.0 if was_resident else time.perf_counter() - t_load
+            resident = self._resident[request.model]
+            if resident.spec.kind != request.kind:
+                raise ModelUnavailable(
+                    f"Model {request.model!r} makes {resident.spec.kind}s, not {request.kind}s."
+                )
+            pipe = resident.pipe
+            total = request.steps
+            state = {"count": 0, "last": 0.0}
+            every = self.settings.preview_every_steps
+
+            def step(latents: Any) -> None:
+                state["count"] += 1
+                n = min(state["count"], total)
+                if n == total and self.device == "cuda":
+                    torch.cuda.synchronize()
+                state["last"] = time.perf_counter()
+                preview = None
+                if on_step is not None and every and n % every == 0 and n < total and latents is not None:
+                    preview = latents_to_preview(latents)
+                info = StepInfo(step=n, total=total, preview=preview)
+                for hook in list(self.step_hooks):
+                    hook(info)
+                if on_step is not None:
+                    on_step(info)
+                if should_cancel is not None and should_cancel():
+                    log.info("cancelled %s at step %d/%d", request.model, n, total)
+                    raise GenerationCancelled(f"Cancelled after step {n} of {total}.")
+
+            kwargs = self._call_kwargs(resident, request, step)
+            t0 = time.perf_counter()
+            state["last"] = t0
+            try:
+                result = pipe(**kwargs)
+            except torch.cuda.OutOfMemoryError:
+                log.warning("out of GPU memory running %s in mode %s", request.model, resident.mode)
+                _reset_after_failure(pipe, self.device)
+                raise
+            except BaseException:
+                _reset_after_failure(pipe, self.device)
+                raise
+            t_end = time.perf_counter()
+
+        timings = {
+            "load": load_s,
+            "denoise": state["last"] - t0 if state["count"] else t_end - t0,
+            "decode": t_end - state["last"] if state["count"] else 0.0,
+        }
+        timings["total"] = load_s + t_end - t0
+        output = GenerationOutput(
+            kind=request.kind,
+            request=request,
+            images=None,
+            frames=None,
+            timings=timings,
+            device=self.device,
+            memory_mode=resident.mode,
+        )
+        if isinstance(request, VideoRequest):
+            output.frames = _frames_to_uint8(result.frames)
+        else:
+            output.images = list(result.images)
+            flags = getattr(result, "nsfw_content_detected", None)
+            output.nsfw_detected = bool(flags and any(flags))
+        log.info(
+            "generated %s %s seed=%d steps=%d %dx%d on %s/%s: load %.2fs denoise %.2fs decode %.2fs",
+            request.kind,
+            request.model,
+            request.seed,
+            request.steps,
+            request.width,
+            request.height,
+            self.device,
+            resident.mode,
+            timings["load"],
+            timings["denoise"],
+            timings["decode"],
+        )
+        return output
+
+    def _call_kwargs(
+        self, resident: _Resident, request: GenerationRequest, step: Callable[[Any], None]
+    ) -> dict:
+        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance,
+            "width": request.width,
+            "height": request.height,
+            "generator": generator,
+        }
+        if isinstance(request, VideoRequest):
+            kwargs["num_frames"] = request.frames
+            kwargs["output_type"] = "np"
+        else:
+            kwargs["output_type"] = "pil"
+        if "callback_on_step_end" in resident.accepts:
+
+            def on_step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+                step(callback_kwargs.get("latents"))
+                return callback_kwargs
+
+            kwargs["callback_on_step_end"] = on_step_end
+        elif "callback" in resident.accepts:
+            # TextToVideoSDPipeline (deprecated) only has the old-style callback
+            kwargs["callback"] = lambda i, t, latents: step(latents)
+            kwargs["callback_steps"] = 1
+        else:
+            log.debug("%s has no step callback: no progress or cancel", resident.spec.pipeline)
+        if not resident.var_kwargs:
+            dropped = sorted(k for k in kwargs if k not in resident.accepts)
+            if dropped:
+                log.debug("%s does not take %s", resident.spec.pipeline, ", ".join(dropped))
+            kwargs = {k: v for k, v in kwargs.items() if k in resident.accepts}
+        return kwargs
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _frames_to_uint8(frames: Any) -> list[np.ndarray]:
+    """Pipeline video output (np float [0,1] batch, or lists of PIL/arrays) -> uint8 HxWx3 list."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().float().cpu().numpy()
+    if isinstance(frames, np.ndarray):
+        if frames.ndim == 5:
+            frames = frames[0]
+        items = list(frames)
+    else:
+        items = list(frames[0]) if frames and isinstance(frames[0], list | tuple) else list(frames)
+    out = []
+    for frame in items:
+        array = np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame)
+        if array.dtype != np.uint8:
+            array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        out.append(np.ascontiguousarray(array[..., :3]))
+    return out
+
+
+def _scheduler_class(spec: ModelSpec) -> Any:
+    import diffusers
+
+    cls = getattr(diffusers, spec.scheduler or "", None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise ModelUnavailable(
+            f"Model {spec.id!r} names scheduler {spec.scheduler!r}, which diffusers does not have; "
+            "fix its 'scheduler' in EXTRA_MODELS."
+        )
+    return cls
+
+
+def _free_memory(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _reset_after_failure(pipe: Any, device: str) -> None:
+    """Put offloaded components back and release the failed run's memory."""
+    try:
+        pipe.maybe_free_model_hooks()
+    except Exception:  # pragma: no cover - best effort
+        log.debug("maybe_free_model_hooks failed", exc_info=True)
+    _free_memory(device)
+
+
+def _quiet_library_progress_bars() -> None:
+    """Library tqdm bars would interleave with our logs and the CLI's own bar."""
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    except Exception:  # pragma: no cover - cosmetic
+        log.debug("could not disable library progress bars", exc_info=True)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        chain.append(current)
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _unavailable(spec: ModelSpec, exc: BaseException, settings: GenerationSettings) -> ModelUnavailable:
+    """Turn a loading failure into a message that names the setting to change."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo = spec.repo_id
+    chain = _causes(exc)
+    text = " ".join(str(e) for e in chain).lower()
+    has_token = settings.hf_token is not None
+    log.warning("could not load %s (%s): %s", spec.id, repo, exc)
+
+    def any_of(*types: type[BaseException]) -> bool:
+        return any(isinstance(e, types) for e in chain)
+
+    if any_of(GatedRepoError) or "gated" in text:
+        if has_token:
+            return ModelUnavailable(
+                f"The HF_TOKEN account has no access to the gated repo {repo}: accept its licence at "
+                f"https://huggingface.co/{repo} with that account, or set HF_TOKEN to one that has."
+            )
+        return ModelUnavailable(
+            f"{repo} is a gated repo: set HF_TOKEN to a Hugging Face token of an account that "
+            f"accepted its licence at https://huggingface.co/{repo}."
+        )
+    if any_of(RevisionNotFoundError):
+        return ModelUnavailable(f"{repo} has no revision {spec.revision!r}; fix 'revision' in EXTRA_MODELS.")
+    if any_of(RepositoryNotFoundError) or "401" in text or "repository not found" in text:
+        hint = "" if has_token else " (if it is private, set HF_TOKEN)"
+        return ModelUnavailable(
+            f"Model repo {repo} was not found on the Hugging Face hub{hint}; check the repo id "
+            f"(EXTRA_MODELS) or pick another model with IMAGE_MODEL / VIDEO_MODEL."
+        )
+    offline = any_of(LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError) or any(
+        word in text for word in ("connect", "offline", "not fully cached", "name or service", "timed out")
+    )
+    if offline:
+        how = (
+            "HF_OFFLINE=true forbids downloads"
+            if settings.hf_offline
+            else "the Hugging Face hub could not be reached"
+        )
+        return ModelUnavailable(
+            f"Model {spec.id} ({repo}) is not in MODEL_CACHE_DIR={settings.model_cache_dir} and {how}: "
+            "connect to the internet once (HF_OFFLINE=false) or point MODEL_CACHE_DIR at a cache "
+            "that holds it."
+        )
+    if isinstance(exc, MemoryError) or "out of memory" in text:
+        return ModelUnavailable(
+            f"Not enough memory to load {spec.id}: try MEMORY_MODE=offload or sequential, or DTYPE=fp16."
+        )
+    return ModelUnavailable(
+        f"Could not load model {spec.id} ({repo}): {type(exc).__name__}: {str(exc)[:200]}. "
+        "Check MODEL_CACHE_DIR, HF_TOKEN and the model's repo id."
+    )

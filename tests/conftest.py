@@ -1,0 +1,81 @@
+"""Session-wide fixtures: settings and pipelines on the tiny twins, built once per test session.
+
+The twins are built into a session temporary model cache and loaded through the real
+`from_pretrained` path, on the CPU, in fp32, with downloads forbidden (`hf_offline`), so no
+test can reach the network or depend on a developer's `.env`.
+
+`pipeline_manager` is shared by the whole session: tests must not leave anything behind on it
+(restore `step_hooks`, do not call `downgrade_memory` on it). Tests that change its state use
+`isolated_pipeline_manager`, a fresh manager over the same cache (loading takes ~0.2 s).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from generation.models import ModelSpec, build_registry
+from generation.pipelines import PipelineManager
+from generation.settings import GenerationSettings
+
+log = logging.getLogger(__name__)
+
+
+def make_tiny_settings(cache_dir: Path, **overrides: object) -> GenerationSettings:
+    """GenerationSettings for the tiny twins on the CPU, ignoring the environment's `.env`."""
+    values: dict[str, object] = {
+        "model_cache_dir": cache_dir,
+        "device": "cpu",
+        "dtype": "fp32",
+        "memory_mode": "auto",
+        "image_model": "tiny-image",
+        "video_model": "tiny-video",
+        "hf_token": None,
+        "hf_offline": True,
+        "safety_checker": False,
+        "extra_models": {},
+        "default_steps": None,
+        "max_steps": None,
+        "preview_every_steps": 1,
+    }
+    values.update(overrides)
+    return GenerationSettings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_model_cache: Path) -> GenerationSettings:
+    return make_tiny_settings(tiny_model_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tiny_settings: GenerationSettings) -> dict[str, ModelSpec]:
+    return build_registry(tiny_settings)
+
+
+@pytest.fixture(scope="session")
+def pipeline_manager(
+    tiny_settings: GenerationSettings, tiny_registry: dict[str, ModelSpec]
+) -> Iterator[PipelineManager]:
+    manager = PipelineManager(tiny_settings, tiny_registry)
+    manager.load("tiny-image")
+    manager.load("tiny-video")
+    yield manager
+    manager.close()
+
+
+@pytest.fixture
+def isolated_pipeline_manager(
+    tiny_settings: GenerationSettings, tiny_registry: dict[str, ModelSpec], pipeline_manager: PipelineManager
+) -> Iterator[PipelineManager]:
+    """A private manager (own memory modes, own step hooks) over the already-built twins."""
+    manager = PipelineManager(tiny_settings, tiny_registry)
+    yield manager
+    manager.close()
