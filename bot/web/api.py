@@ -1,0 +1,307 @@
+"""REST API v1: the seed's Postman-able backend, served by the same queue and worker as Discord.
+
+A REST caller is a user like any member: its jobs go through the same validation
+(`generation.params.validate_request`), the same fair queue with its per-user limits and
+quotas, and the same request log, as `user_id = "api:<key name>"`. A key sees and cancels
+only its own jobs; someone else's job id answers 404, exactly like an unknown one, so ids
+cannot be probed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bot import metrics
+from bot.jobs import Job, JobState, Source
+from bot.web.auth import ApiCaller
+from bot.web.errors import ApiError
+from bot.web.keys import CALLER_KEY, KEYS_KEY, QUEUE_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
+from bot.web.media import media_type
+from bot.web.openapi import openapi_handler
+from generation.errors import InvalidRequest
+from generation.models import default_model_id, get_spec
+from generation.params import validate_request
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+#: image shapes offered by /imagine's `aspect` option (width:height)
+ASPECTS: dict[str, tuple[int, int]] = {
+    "square": (1, 1),
+    "portrait": (2, 3),
+    "landscape": (3, 2),
+    "wide": (16, 9),
+}
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(f"{PREFIX}/openapi.json", openapi_handler, name="openapi")
+    r.add_post(f"{PREFIX}/images", create_image, name="create_image")
+    r.add_post(f"{PREFIX}/videos", create_video, name="create_video")
+    r.add_get(f"{PREFIX}/jobs/{{job_id}}", get_job, name="get_job")
+    r.add_delete(f"{PREFIX}/jobs/{{job_id}}", cancel_job, name="cancel_job")
+    r.add_get(f"{PREFIX}/jobs/{{job_id}}/result", get_result, name="get_result")
+    r.add_get(f"{PREFIX}/queue", get_queue, name="get_queue")
+
+
+# -- auth --------------------------------------------------------------------------------------
+
+
+async def authorize(request: web.Request) -> ApiCaller:
+    """The caller behind the request's API key: 401 without a valid key, 403 if banned."""
+    caller = request.app[KEYS_KEY].authenticate(request.headers.get("Authorization"))
+    user = await request.app[STORE_KEY].get_user(caller.user_id)
+    if user.banned:
+        reason = f" Reason: {user.ban_reason}" if user.ban_reason else ""
+        raise ApiError(403, "banned", f"The owner of this API key is banned from using the bot.{reason}")
+    request[CALLER_KEY] = caller
+    return caller
+
+
+# -- submitting --------------------------------------------------------------------------------
+
+
+async def create_image(request: web.Request) -> web.Response:
+    return await _create(request, kind="image")
+
+
+async def create_video(request: web.Request) -> web.Response:
+    return await _create(request, kind="video")
+
+
+async def _create(request: web.Request, *, kind: str) -> web.Response:
+    caller = await authorize(request)
+    body = await _json_object(request)
+    job = _build_job(request, caller=caller, kind=kind, body=body)
+    submitted = await request.app[QUEUE_KEY].submit(job)
+    job = submitted.job
+    metrics.API_JOBS_SUBMITTED.labels(key=caller.key_name, kind=kind).inc()
+    log.info(
+        "api: job %s (%s, %s) queued for key %r at position %s",
+        job.id,
+        kind,
+        job.model,
+        caller.key_name,
+        submitted.position,
+    )
+    payload = job_json(job, position=submitted.position, eta_s=submitted.eta_s, progress=None)
+    location = request.app.router["get_job"].url_for(job_id=job.id)
+    return web.json_response(payload, status=202, headers={"Location": str(location)})
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise ApiError(
+            415, "unsupported_media_type", "Send the parameters as JSON (Content-Type: application/json)."
+        )
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object of parameters.")
+    return body
+
+
+def _build_job(request: web.Request, *, caller: ApiCaller, kind: str, body: dict[str, Any]) -> Job:
+    settings = request.app[SETTINGS_KEY]
+    registry = request.app[REGISTRY_KEY]
+    raw = dict(body)
+    model_id = raw.pop("model", None)
+    if model_id is None:
+        model_id = default_model_id(settings, kind)  # type: ignore[arg-type]
+    if not isinstance(model_id, str):
+        raise InvalidRequest("model must be a model id (text).")
+    spec = get_spec(registry, model_id, kind=kind)  # type: ignore[arg-type]
+    aspect = raw.pop("aspect", None)
+    if aspect is not None:
+        if kind != "image":
+            raise InvalidRequest("aspect is only for images; give width and height for a video.")
+        if aspect not in ASPECTS:
+            raise InvalidRequest(f"aspect must be one of {', '.join(ASPECTS)}.")
+        if raw.get("width") is None and raw.get("height") is None:
+            raw["width"], raw["height"] = _aspect_size(
+                aspect,
+                spec.default_width,
+                spec.default_height,
+                lo=(spec.min_width, spec.min_height),
+                hi=(spec.max_width, spec.max_height),
+            )
+    request_ = validate_request(kind, raw, spec, settings)
+    return Job(
+        kind=kind,
+        model=spec.id,
+        prompt=request_.prompt,
+        negative_prompt=request_.negative_prompt,
+        seed=request_.seed,
+        params=request_.to_dict(),
+        user_id=caller.user_id,
+        user_name=caller.user_name,
+        source=Source.API,
+        max_tries=settings.max_tries,
+    )
+
+
+def _aspect_size(
+    aspect: str, default_width: int, default_height: int, *, lo: tuple[int, int], hi: tuple[int, int]
+) -> tuple[int, int]:
+    """The aspect's width and height at about the model's default pixel count, within its limits."""
+    w, h = ASPECTS[aspect]
+    height = (default_width * default_height * h / w) ** 0.5
+    width = height * w / h
+    step = 64 if min(default_width, default_height) >= 256 else 8
+    out = []
+    for value, low, high in ((width, lo[0], hi[0]), (height, lo[1], hi[1])):
+        size = max(step, int(round(value / step) * step))
+        out.append(max(low, min(high, size)))
+    return out[0], out[1]
+
+
+# -- reading and cancelling --------------------------------------------------------------------
+
+
+async def _own_job(request: web.Request, caller: ApiCaller) -> Job:
+    job_id = request.match_info["job_id"]
+    job = await request.app[STORE_KEY].get_job(job_id) if _plausible_id(job_id) else None
+    if job is None or job.user_id != caller.user_id:
+        raise ApiError(404, "job_not_found", f"No job {job_id[:64]!r} for this API key.")
+    return job
+
+
+def _plausible_id(job_id: str) -> bool:
+    return 0 < len(job_id) <= 64 and all(c.isalnum() or c in "-_" for c in job_id)
+
+
+def _live(request: web.Request, job: Job) -> tuple[int | None, float | None, dict[str, int] | None]:
+    """Position, ETA and progress of an active job, as the queue sees it right now."""
+    if job.state.is_final:
+        return None, None, None
+    queue = request.app[QUEUE_KEY]
+    position = queue.position(job.id)
+    eta = queue.eta_s(job.id)
+    progress = None
+    if job.state is JobState.IN_PROGRESS or position == 0:
+        snap = queue.snapshot()
+        running = getattr(snap, "running", None)
+        if running is not None and running.id == job.id and getattr(snap, "progress", None):
+            step, total = snap.progress
+            progress = {"step": int(step), "total": int(total)}
+    return position, eta, progress
+
+
+async def get_job(request: web.Request) -> web.Response:
+    caller = await authorize(request)
+    job = await _own_job(request, caller)
+    position, eta, progress = _live(request, job)
+    return web.json_response(job_json(job, position=position, eta_s=eta, progress=progress))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    caller = await authorize(request)
+    job = await _own_job(request, caller)
+    if job.state.is_final:
+        raise ApiError(
+            409, "already_finished", f"Job {job.id} is already {job.state.value}; nothing to cancel."
+        )
+    job = await request.app[QUEUE_KEY].cancel(job.id, by_user_id=caller.user_id, is_admin=False)
+    log.info("api: job %s cancelled by key %r (state now %s)", job.id, caller.key_name, job.state.value)
+    position, eta, progress = _live(request, job)
+    return web.json_response(job_json(job, position=position, eta_s=eta, progress=progress))
+
+
+async def get_result(request: web.Request) -> web.StreamResponse:
+    caller = await authorize(request)
+    job = await _own_job(request, caller)
+    if job.state is not JobState.COMPLETE:
+        raise ApiError(409, "not_ready", f"Job {job.id} is {job.state.value}; its result is not available.")
+    path = Path(job.result_path) if job.result_path else None
+    if path is None or not await asyncio.to_thread(path.is_file):
+        raise ApiError(410, "gone", f"The result file of job {job.id} is no longer kept.")
+    return file_response(path, filename=f"{job.id}{path.suffix}")
+
+
+def file_response(path: Path, *, filename: str) -> web.FileResponse:
+    """The file with its exact type, length and byte-range support (browsers seek videos)."""
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": media_type(path),
+            "Content-Disposition": f'inline; filename="{filename}"',
+            "Cache-Control": "private, max-age=3600",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    caller = await authorize(request)
+    snap = request.app[QUEUE_KEY].snapshot()
+    running = snap.running
+    running_json = None
+    if running is not None:
+        step, total = snap.progress or (0, int(running.params.get("steps") or 0))
+        running_json = {
+            "kind": running.kind,
+            "model": running.model,
+            "mine": running.user_id == caller.user_id,
+            "id": running.id if running.user_id == caller.user_id else None,
+            "progress": {"step": int(step), "total": int(total)},
+        }
+    mine = [
+        {"id": e.job.id, "kind": e.job.kind, "model": e.job.model, "position": e.position, "eta_s": e.eta_s}
+        for e in snap.queued
+        if e.job.user_id == caller.user_id
+    ]
+    return web.json_response(
+        {"paused": bool(snap.paused), "length": len(snap.queued), "running": running_json, "jobs": mine}
+    )
+
+
+# -- serialisation -----------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_json(
+    job: Job, *, position: int | None, eta_s: float | None, progress: dict[str, int] | None
+) -> dict[str, Any]:
+    result = None
+    if job.state is JobState.COMPLETE and job.result_path:
+        result = {
+            "url": f"{PREFIX}/jobs/{job.id}/result",
+            "media_type": media_type(job.result_path),
+            "size_bytes": job.result_bytes,
+        }
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "model": job.model,
+        "state": job.state.value,
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "seed": job.seed,
+        "params": job.params,
+        "position": position,
+        "eta_s": eta_s,
+        "progress": progress,
+        "cancel_requested": job.cancel_requested,
+        "parent_id": job.parent_id,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "queue_wait_s": job.queue_wait_s,
+        "gpu_seconds": job.gpu_seconds,
+        "error": job.error,
+        "result": result,
+    }

@@ -1,0 +1,216 @@
+"""The aiohttp application: health, metrics, REST API, signed downloads and the status page.
+
+One app serves both deployments: the bot starts it beside the Discord client, and
+`python -m bot.web` runs it alone (REST only). Either way it is handed the same store, queue
+and model registry the worker uses; it never builds its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from bot import metrics
+from bot.web import api, downloads, status_page
+from bot.web.auth import ApiKeys
+from bot.web.errors import error_middleware
+from bot.web.keys import (
+    BUSY_KEY,
+    CHECKS_KEY,
+    KEYS_KEY,
+    POSTERS_KEY,
+    QUEUE_KEY,
+    REGISTRY_KEY,
+    SETTINGS_KEY,
+    SIGNER_KEY,
+    STORE_KEY,
+)
+from bot.web.links import LinkSigner
+from bot.web.media import PosterIndex
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+    from bot.store import Store
+    from generation.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+#: a readiness check returns None when fine, else a short reason shown by /readyz
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+
+PING_TIMEOUT_S = 2.0
+#: JSON bodies are small; this caps what a client can make us buffer
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_web_app(
+    *,
+    settings: Settings,
+    store: Store,
+    queue: Any,
+    registry: Mapping[str, ModelSpec],
+    signer: LinkSigner | None = None,
+    checks: Sequence[ReadinessCheck] | None = None,
+    register_metrics_listener: bool = True,
+) -> web.Application:
+    """Build (not start) the web app around an opened store and a started queue.
+
+    `checks` replaces the default readiness checks (store ping, queue worker, models); the
+    signer defaults to one from the settings, which agrees with every other signer built in
+    this process. With `register_metrics_listener`, the app adds a `metrics.QueueMetrics`
+    listener to the queue at startup so job series are counted exactly once per process.
+    """
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS_KEY] = settings
+    app[STORE_KEY] = store
+    app[QUEUE_KEY] = queue
+    app[REGISTRY_KEY] = registry
+    app[KEYS_KEY] = ApiKeys(settings.api_keys)
+    app[SIGNER_KEY] = signer or LinkSigner.from_settings(settings)
+    app[POSTERS_KEY] = PosterIndex(results_dir=settings.results_dir)
+    listener = metrics.QueueMetrics()
+    app[BUSY_KEY] = listener.busy
+    app[CHECKS_KEY] = list(checks) if checks is not None else default_checks(store=store, queue=queue)
+
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/metrics", metrics_handler, name="metrics")
+    api.add_routes(app)
+    downloads.add_routes(app)
+    status_page.add_routes(app)
+
+    async def on_startup(app: web.Application) -> None:
+        if register_metrics_listener and hasattr(queue, "add_listener"):
+            queue.add_listener(listener)
+        if hasattr(queue, "add_listener"):
+            queue.add_listener(app[POSTERS_KEY])
+
+    async def on_cleanup(app: web.Application) -> None:
+        remove = getattr(queue, "remove_listener", None)
+        if remove is not None:
+            for item in (listener, app[POSTERS_KEY]):
+                with contextlib.suppress(KeyError, ValueError):
+                    remove(item)
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    if not app[KEYS_KEY]:
+        log.info("no API_KEYS configured: the REST API answers 401 to everyone")
+    return app
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and its event loop answers; says nothing about dependencies."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to take jobs: every check passes. 503 with the list of reasons otherwise."""
+    checks = request.app[CHECKS_KEY]
+    results = await asyncio.gather(*(_run_check(check) for check in checks))
+    reasons = [reason for reason in results if reason]
+    if reasons:
+        return web.json_response({"status": "not_ready", "reasons": reasons}, status=503)
+    return web.json_response({"status": "ready", "reasons": []})
+
+
+async def _run_check(check: ReadinessCheck) -> str | None:
+    try:
+        return await check()
+    except Exception as exc:  # a broken probe must say so, not take /readyz down
+        log.warning("readiness check %r failed", check, exc_info=True)
+        return f"readiness check failed: {type(exc).__name__}"
+
+
+def default_checks(*, store: Any, queue: Any) -> list[ReadinessCheck]:
+    """Store reachable, worker alive, models loaded, asking whatever the queue exposes.
+
+    The queue (or its executor) may expose `worker_alive()` and `models_loaded()` (methods
+    or properties, sync or async, bool); a probe it lacks is simply not run.
+    """
+
+    async def store_check() -> str | None:
+        try:
+            ok = await asyncio.wait_for(store.ping(), timeout=PING_TIMEOUT_S)
+        except TimeoutError:
+            return f"store unreachable (no answer to ping within {PING_TIMEOUT_S:g} s)"
+        except Exception as exc:
+            return f"store unreachable ({type(exc).__name__})"
+        return None if ok else "store unreachable (ping failed)"
+
+    checks: list[ReadinessCheck] = [store_check]
+    for name, reason in (
+        ("worker_alive", "GPU worker is not running"),
+        ("models_loaded", "models not loaded"),
+    ):
+        owner = _probe_owner(queue, name)
+        if owner is None:
+            continue
+
+        async def check(owner: Any = owner, name: str = name, reason: str = reason) -> str | None:
+            value = getattr(owner, name)  # read on every call: it may be a property
+            if callable(value):
+                value = value()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if isinstance(value, str):  # a probe may explain itself
+                return value or None
+            return None if value else reason
+
+        checks.append(check)
+    return checks
+
+
+def _probe_owner(queue: Any, name: str) -> Any:
+    for owner in (queue, getattr(queue, "executor", None), getattr(queue, "worker", None)):
+        if owner is not None and hasattr(owner, name):
+            return owner
+    return None
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    queue = request.app[QUEUE_KEY]
+    snapshot = None
+    if hasattr(queue, "snapshot"):
+        try:
+            snapshot = queue.snapshot()
+            if asyncio.iscoroutine(snapshot):
+                snapshot = await snapshot
+        except Exception:
+            log.warning("queue snapshot failed while scraping metrics", exc_info=True)
+    metrics.refresh_from_state(snapshot=snapshot, store=request.app[STORE_KEY], busy=request.app[BUSY_KEY])
+    body = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+# -- serving -----------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serve(app: web.Application, *, host: str, port: int) -> AsyncIterator[web.AppRunner]:
+    """Run `app` on host:port until the block exits (port 0 picks a free port).
+
+    The bound address is `runner.addresses[0]`. Shutdown waits briefly for requests in
+    flight, then closes keep-alive connections.
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host=host, port=port)
+    try:
+        await site.start()
+        log.info("web server listening on %s", ", ".join(f"http://{a[0]}:{a[1]}" for a in runner.addresses))
+        yield runner
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,504 @@
+"""The OpenAPI 3.1 description of the web server, built from the live model registry.
+
+Written by hand next to the handlers it describes (tests/web run schemathesis against the
+running server to keep the two in step). Parameter bounds come from the registry, so the
+document states the widest limits any configured model accepts; a model's own, narrower
+limits are enforced by `validate_request` and answered with 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from bot.web.keys import REGISTRY_KEY, SETTINGS_KEY
+from generation.models import ModelSpec
+from generation.params import MAX_PROMPT_CHARS, MAX_SEED
+
+log = logging.getLogger(__name__)
+
+ERROR_CODES_DOC = (
+    "invalid_request, invalid_json, model_unavailable, unauthorized, banned, job_not_found, "
+    "already_finished, not_ready, gone, too_many_queued, quota_exceeded, queue_full, queue_paused, "
+    "store_unavailable, ..."
+)
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    doc = build_openapi(request.app[REGISTRY_KEY], public_url=settings.public_url)
+    return web.json_response(doc)
+
+
+def _span(specs: list[ModelSpec], lo: str, hi: str) -> tuple[Any, Any]:
+    return min(getattr(s, lo) for s in specs), max(getattr(s, hi) for s in specs)
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    kind = schema["type"]
+    return {**schema, "type": [kind, "null"]}
+
+
+def _request_schema(kind: str, specs: list[ModelSpec]) -> dict[str, Any]:
+    if not specs:  # a registry without models of this kind: the endpoint answers 400 for any model
+        specs_for_bounds = [
+            ModelSpec(
+                id="none",
+                repo_id="none",
+                pipeline="none",
+                kind=kind,  # type: ignore[arg-type]
+                default_width=64,
+                default_height=64,
+                max_width=64,
+                max_height=64,
+            )
+        ]
+    else:
+        specs_for_bounds = specs
+    wlo, whi = _span(specs_for_bounds, "min_width", "max_width")
+    hlo, hhi = _span(specs_for_bounds, "min_height", "max_height")
+    slo, shi = _span(specs_for_bounds, "min_steps", "max_steps")
+    glo, ghi = _span(specs_for_bounds, "min_guidance", "max_guidance")
+    props: dict[str, Any] = {
+        "prompt": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_PROMPT_CHARS,
+            "pattern": r"\S",
+            "description": "What to generate. Control characters are removed; surrounding spaces trimmed.",
+        },
+        "negative_prompt": _nullable(
+            {"type": "string", "maxLength": MAX_PROMPT_CHARS, "description": "What to avoid."}
+        ),
+        "model": _nullable(
+            {
+                "type": "string",
+                "description": f"Model id; default IMAGE_MODEL / VIDEO_MODEL. Known {kind} models: "
+                + ", ".join(s.id for s in specs),
+            }
+        ),
+        "seed": _nullable(
+            {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_SEED,
+                "description": "Omit for a random seed; the job reports the seed used.",
+            }
+        ),
+        "steps": _nullable(
+            {
+                "type": "integer",
+                "minimum": slo,
+                "maximum": shi,
+                "description": "Denoising steps (the model's own limits apply).",
+            }
+        ),
+        "guidance": _nullable(
+            {
+                "type": "number",
+                "minimum": glo,
+                "maximum": ghi,
+                "description": "Classifier-free guidance scale.",
+            }
+        ),
+        "width": _nullable({"type": "integer", "minimum": wlo, "maximum": whi, "multipleOf": 8}),
+        "height": _nullable({"type": "integer", "minimum": hlo, "maximum": hhi, "multipleOf": 8}),
+    }
+    if kind == "image":
+        props["aspect"] = _nullable(
+            {
+                "type": "string",
+                "enum": ["square", "portrait", "landscape", "wide", None],
+                "description": "Shape at about the model's default pixel count; "
+                "ignored when width or height is given.",
+            }
+        )
+    else:
+        flo, fhi = _span(specs_for_bounds, "min_frames", "max_frames")
+        plo, phi = _span(specs_for_bounds, "min_fps", "max_fps")
+        props["frames"] = _nullable({"type": "integer", "minimum": flo, "maximum": fhi})
+        props["fps"] = _nullable({"type": "integer", "minimum": plo, "maximum": phi})
+    return {
+        "type": "object",
+        "required": ["prompt"],
+        "additionalProperties": False,
+        "properties": props,
+    }
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json_response(description: str, ref: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+AUTH_ERRORS = {
+    "401": _error_response("Missing, malformed or unknown API key."),
+    "403": _error_response("The API key's owner is banned."),
+    "503": _error_response("The store (database) is unreachable."),
+}
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+    "description": "The job id returned when the job was submitted.",
+}
+FILE_CONTENT = {
+    "image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}},
+    "video/mp4": {"schema": {"type": "string", "contentMediaType": "video/mp4"}},
+}
+RANGE_HEADER = {
+    "name": "Range",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": r"^bytes=\d*-\d*$"},
+    "description": "Byte range, e.g. `bytes=0-1023` (videos seek this way).",
+}
+
+
+def _file_responses(extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "200": {"description": "The whole file.", "content": FILE_CONTENT},
+        "206": {"description": "The requested byte range (see Content-Range).", "content": FILE_CONTENT},
+        "416": _error_response("The requested range is outside the file."),
+        **extra,
+    }
+
+
+def build_openapi(registry: Mapping[str, ModelSpec], *, public_url: str | None = None) -> dict[str, Any]:
+    image_specs = [s for s in registry.values() if s.kind == "image"]
+    video_specs = [s for s in registry.values() if s.kind == "video"]
+    submit_errors = {
+        "400": _error_response(
+            "A parameter is out of range or malformed (the message names it), or bad JSON."
+        ),
+        **AUTH_ERRORS,
+        "415": _error_response("The body is not sent as application/json."),
+        "429": _error_response("Too many of this key's jobs are queued, or its daily quota is used up."),
+        "503": _error_response("The queue is full or paused, or the store is unreachable."),
+    }
+    location = {"Location": {"description": "URL of the job.", "schema": {"type": "string"}}}
+
+    def submit(kind: str, ref: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "operationId": f"create_{kind}",
+                "summary": f"Queue a {kind}",
+                "tags": ["jobs"],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+                },
+                "responses": {"202": _json_response("Queued.", "Job", location), **submit_errors},
+            }
+        }
+
+    paths: dict[str, Any] = {
+        "/api/v1/images": submit("image", "ImageRequest"),
+        "/api/v1/videos": submit("video", "VideoRequest"),
+        "/api/v1/jobs/{job_id}": {
+            "parameters": [JOB_ID],
+            "get": {
+                "operationId": "get_job",
+                "summary": "State, progress, queue position, ETA, parameters, seed and error of a job",
+                "tags": ["jobs"],
+                "responses": {
+                    "200": _json_response("The job.", "Job"),
+                    **AUTH_ERRORS,
+                    "404": _error_response("No such job for this API key."),
+                },
+            },
+            "delete": {
+                "operationId": "cancel_job",
+                "summary": "Cancel a queued job, or stop a running one at its next step",
+                "tags": ["jobs"],
+                "responses": {
+                    "200": _json_response("Cancelled (or cancel requested, while running).", "Job"),
+                    **AUTH_ERRORS,
+                    "404": _error_response("No such job for this API key."),
+                    "409": _error_response("The job already finished."),
+                },
+            },
+        },
+        "/api/v1/jobs/{job_id}/result": {
+            "parameters": [JOB_ID],
+            "get": {
+                "operationId": "get_result",
+                "summary": "The PNG or MP4 of a complete job (HTTP range requests supported)",
+                "tags": ["jobs"],
+                "parameters": [RANGE_HEADER],
+                "responses": _file_responses(
+                    {
+                        **AUTH_ERRORS,
+                        "404": _error_response("No such job for this API key."),
+                        "409": _error_response("The job is not complete."),
+                        "410": _error_response("The result file is no longer kept."),
+                    }
+                ),
+            },
+        },
+        "/api/v1/queue": {
+            "get": {
+                "operationId": "get_queue",
+                "summary": "Queue length, the running job, and this key's queued jobs with positions, ETAs",
+                "tags": ["queue"],
+                "responses": {"200": _json_response("The queue.", "Queue"), **AUTH_ERRORS},
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "operationId": "get_openapi",
+                "summary": "This document",
+                "tags": ["meta"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1 document.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The process is up",
+                "tags": ["ops"],
+                "security": [],
+                "responses": {"200": _json_response("Up.", "Health")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Store reachable, worker alive, models loaded",
+                "tags": ["ops"],
+                "security": [],
+                "responses": {
+                    "200": _json_response("Ready.", "Readiness"),
+                    "503": _json_response("Not ready; `reasons` says why.", "Readiness"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics",
+                "tags": ["ops"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/dl/{job_id}": {
+            "get": {
+                "operationId": "signed_download",
+                "summary": "A result through a signed, expiring link (as posted to Discord)",
+                "tags": ["downloads"],
+                "security": [],
+                "parameters": [
+                    JOB_ID,
+                    {
+                        "name": "e",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "Expiry, Unix seconds.",
+                    },
+                    {
+                        "name": "s",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "Signature.",
+                    },
+                    RANGE_HEADER,
+                ],
+                "responses": _file_responses(
+                    {
+                        "403": _error_response("The link is not valid (altered or forged)."),
+                        "404": _error_response("No such result."),
+                        "410": _error_response("The link has expired, or the file is no longer kept."),
+                    }
+                ),
+            }
+        },
+    }
+
+    job_schema = {
+        "type": "object",
+        "required": [
+            "id",
+            "kind",
+            "model",
+            "state",
+            "prompt",
+            "seed",
+            "params",
+            "position",
+            "eta_s",
+            "progress",
+            "created_at",
+            "error",
+            "result",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "kind": {"type": "string", "enum": ["image", "video"]},
+            "model": {"type": "string"},
+            "state": {"type": "string", "enum": ["queued", "in_progress", "complete", "failed", "cancelled"]},
+            "prompt": {"type": "string"},
+            "negative_prompt": {"type": ["string", "null"]},
+            "seed": {"type": ["integer", "null"]},
+            "params": {"type": "object", "description": "Every validated parameter, the seed included."},
+            "position": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "0 while running, 1 = next; null once finished.",
+            },
+            "eta_s": {"type": ["number", "null"], "description": "Estimated seconds until the job finishes."},
+            "progress": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["step", "total"],
+                        "properties": {"step": {"type": "integer"}, "total": {"type": "integer"}},
+                    },
+                ]
+            },
+            "cancel_requested": {"type": "boolean"},
+            "parent_id": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": {"type": ["string", "null"], "format": "date-time"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "queue_wait_s": {"type": ["number", "null"]},
+            "gpu_seconds": {"type": ["number", "null"]},
+            "error": {"type": ["string", "null"]},
+            "result": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["url", "media_type"],
+                        "properties": {
+                            "url": {"type": "string"},
+                            "media_type": {"type": "string"},
+                            "size_bytes": {"type": ["integer", "null"]},
+                        },
+                    },
+                ]
+            },
+        },
+    }
+    queue_schema = {
+        "type": "object",
+        "required": ["paused", "length", "running", "jobs"],
+        "properties": {
+            "paused": {"type": "boolean"},
+            "length": {"type": "integer", "minimum": 0},
+            "running": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["kind", "model", "mine", "progress"],
+                        "properties": {
+                            "kind": {"type": "string"},
+                            "model": {"type": "string"},
+                            "mine": {"type": "boolean"},
+                            "id": {"type": ["string", "null"]},
+                            "progress": {
+                                "type": "object",
+                                "properties": {"step": {"type": "integer"}, "total": {"type": "integer"}},
+                            },
+                        },
+                    },
+                ]
+            },
+            "jobs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "kind", "model", "position"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "model": {"type": "string"},
+                        "position": {"type": ["integer", "null"]},
+                        "eta_s": {"type": ["number", "null"]},
+                    },
+                },
+            },
+        },
+    }
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "imagine-bot",
+            "version": "1.0.0",
+            "description": "Queue Stable Diffusion images and text-to-video jobs on the bot's GPU worker, "
+            "follow them, and download results. Authenticate with `Authorization: Bearer <key>` "
+            '(keys from API_KEYS). Every error is `{"error": {"code", "message"}}`; codes: '
+            + ERROR_CODES_DOC,
+        },
+        "paths": paths,
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key from API_KEYS."}
+            },
+            "schemas": {
+                "ImageRequest": _request_schema("image", image_specs),
+                "VideoRequest": _request_schema("video", video_specs),
+                "Job": job_schema,
+                "Queue": queue_schema,
+                "Health": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string"}},
+                },
+                "Readiness": {
+                    "type": "object",
+                    "required": ["status", "reasons"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+                        "reasons": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        }
+                    },
+                },
+            },
+        },
+    }
+    if public_url:
+        doc["servers"] = [{"url": public_url.rstrip("/")}]
+    return doc

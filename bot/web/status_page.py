@@ -1,0 +1,129 @@
+"""The public status page at `/`: queue, running job, and a gallery of recent results.
+
+Server-rendered with Jinja2 and autoescaping on: prompts are user input, and a prompt like
+`<script>` must show as text. A strict Content-Security-Policy (no scripts at all) backs
+that up. Only jobs the gallery may show appear (see `downloads.gallery_allowed`); the
+running job's prompt likewise shows only when its result would be public.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from bot.jobs import Job, JobState, Source
+from bot.store import Store, StoreUnavailable
+from bot.web.keys import QUEUE_KEY, STORE_KEY
+
+log = logging.getLogger(__name__)
+
+GALLERY_SIZE = 24
+#: recent results read to fill the gallery after private ones are skipped
+GALLERY_SCAN = 96
+CSP = (
+    "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("bot.web", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", status_page, name="status_page")
+
+
+async def status_page(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    snap = request.app[QUEUE_KEY].snapshot()
+    store_error = None
+    gallery: list[dict[str, Any]] = []
+    public_guilds: dict[str, bool] = {}
+    try:
+        gallery = await _gallery(store, public_guilds)
+    except StoreUnavailable:
+        store_error = "The database is unreachable right now; recent results are hidden."
+    running = None
+    if snap.running is not None:
+        job = snap.running
+        step, total = snap.progress or (0, int(job.params.get("steps") or 0))
+        prompt = None
+        if store_error is None:
+            try:
+                prompt = job.prompt if await _public(store, job, public_guilds) else None
+            except StoreUnavailable:
+                prompt = None
+        elapsed = None
+        if job.started_at is not None:
+            elapsed = f"{(datetime.now(UTC) - job.started_at).total_seconds():.0f} s"
+        running = {
+            "kind": job.kind,
+            "model": job.model,
+            "prompt": prompt,
+            "step": int(step),
+            "total": int(total),
+            "elapsed": elapsed,
+        }
+    html = _templates.get_template("status.html").render(
+        queue_length=len(snap.queued),
+        paused=bool(snap.paused),
+        running=running,
+        gallery=gallery,
+        store_error=store_error,
+        rendered_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    return web.Response(
+        text=html,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "Content-Security-Policy": CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def _public(store: Store, job: Job, cache: dict[str, bool]) -> bool:
+    if job.source is Source.API:
+        return True
+    if job.guild_id is None:
+        return False
+    if job.guild_id not in cache:
+        cache[job.guild_id] = bool((await store.get_guild_settings(job.guild_id)).gallery_public)
+    return cache[job.guild_id]
+
+
+async def _gallery(store: Store, cache: dict[str, bool]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for job in await store.recent_results(limit=GALLERY_SCAN):
+        if job.state is not JobState.COMPLETE or not job.result_path or not await _public(store, job, cache):
+            continue
+        params = job.params or {}
+        extra = None
+        if job.kind == "video" and params.get("frames") and params.get("fps"):
+            extra = f"{params['frames']} frames @ {params['fps']} fps"
+        items.append(
+            {
+                "id": job.id,
+                "kind": job.kind,
+                "model": job.model,
+                "prompt": job.prompt,
+                "seed": job.seed,
+                "width": params.get("width") or "",
+                "height": params.get("height") or "",
+                "url": f"/gallery/{job.id}",
+                "poster_url": f"/gallery/{job.id}/poster",
+                "extra": extra,
+            }
+        )
+        if len(items) >= GALLERY_SIZE:
+            break
+    return items
