@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal, Self
 
 from bot.jobs import Job, JobState
@@ -204,6 +205,15 @@ def check_guild_changes(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def remove_files(paths: Iterable[str]) -> None:
+    """Delete result files, ignoring ones already gone (blocking: call through asyncio.to_thread)."""
+    for p in paths:
+        try:
+            Path(p).unlink(missing_ok=True)
+        except OSError:
+            log.warning("could not delete result file %s", p, exc_info=True)
+
+
 def normalise_job(job: Job) -> Job:
     """The record as it will come back from any driver (times to the ms, text scrubbed)."""
     data = job.to_dict()
@@ -297,9 +307,7 @@ class Store(ABC):
         """Newest first."""
 
     @abstractmethod
-    async def recent_results(
-        self, *, limit: int = 24, guild_ids: Collection[str] | None = None
-    ) -> list[Job]:
+    async def recent_results(self, *, limit: int = 24, guild_ids: Collection[str] | None = None) -> list[Job]:
         """Complete jobs, newest first, optionally only from some guilds."""
 
     @abstractmethod
