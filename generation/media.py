@@ -1,0 +1,335 @@
+"""Turning pipeline output into files a browser and Discord accept: PNG, H.264 MP4, posters.
+
+MP4s are H.264 `yuv420p` with `+faststart` (the index before the data, so playback starts
+before the download ends), encoded by imageio-ffmpeg's bundled ffmpeg from raw RGB frames
+piped in. We do not use diffusers' `export_to_video`: without the `imageio` package it falls
+back to OpenCV's `mp4v`, which browsers refuse, and it never writes faststart.
+
+Everything here blocks (ffmpeg, zlib): call it from a worker thread, never the event loop.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CRF = 23
+DEFAULT_PRESET = "medium"
+#: fit_to_size never goes past this CRF (beyond it H.264 turns to mush); it scales down instead
+MAX_FIT_CRF = 35
+#: ... nor below this fraction of the original width and height
+MIN_FIT_SCALE = 0.25
+FFPROBE = os.environ.get("FFPROBE", "/usr/bin/ffprobe")
+
+
+class EncodeError(RuntimeError):
+    """ffmpeg failed or was handed frames it cannot encode (a bug, not the member's fault)."""
+
+
+class DoesNotFit(Exception):
+    """No encode within the pass and quality limits fits `max_bytes`; deliver a link instead."""
+
+    def __init__(self, message: str, best: FitResult) -> None:
+        super().__init__(message)
+        self.best = best
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """An encode that fits, and what it took: the CRF and scale used, and ffmpeg passes run."""
+
+    data: bytes
+    crf: int
+    scale: float
+    passes: int
+    width: int
+    height: int
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+# -- PNG ---------------------------------------------------------------------------------------
+
+
+def encode_png(image: Image.Image, metadata: Mapping[str, Any], *, compress_level: int = 6) -> bytes:
+    """PNG with every parameter as a UTF-8 text chunk, plus all of them as JSON in `parameters`.
+
+    Anyone holding the file can read back the prompt, seed and settings that made it.
+    """
+    info = PngImagePlugin.PngInfo()
+    for key, value in metadata.items():
+        if value is None:
+            continue
+        info.add_itxt(str(key), value if isinstance(value, str) else json.dumps(value))
+    info.add_itxt("parameters", json.dumps(dict(metadata), default=str, ensure_ascii=False))
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
+    return buf.getvalue()
+
+
+def read_png_metadata(data: bytes) -> dict[str, str]:
+    """The text chunks of a PNG made by `encode_png` (for rerolls and tests)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
+
+
+# -- MP4 ---------------------------------------------------------------------------------------
+
+
+def _even(value: float) -> int:
+    return max(2, round(value / 2.0) * 2)
+
+
+def output_size(width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
+    """The encoded size: scaled, then rounded to even numbers (yuv420p halves chroma)."""
+    if scale == 1.0:
+        return width + width % 2, height + height % 2
+    return _even(width * scale), _even(height * scale)
+
+
+def _as_frames(frames: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    items = list(frames)
+    if not items:
+        raise EncodeError("no frames to encode")
+    first = np.asarray(items[0])
+    if first.ndim != 3 or first.shape[2] not in (3, 4):
+        raise EncodeError(f"frames must be HxWx3 RGB arrays, got shape {first.shape}")
+    out = []
+    for item in items:
+        array = np.asarray(item)
+        if array.shape[:2] != first.shape[:2]:
+            raise EncodeError(f"frame sizes differ: {array.shape[:2]} vs {first.shape[:2]}")
+        if array.dtype != np.uint8:
+            array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        out.append(np.ascontiguousarray(array[..., :3]))
+    return out
+
+
+def _video_filter(width: int, height: int, scale: float) -> str | None:
+    out_w, out_h = output_size(width, height, scale)
+    if (out_w, out_h) == (width, height):
+        return None
+    if scale == 1.0:
+        # pad, not scale: odd sizes gain one black row/column and keep every pixel sharp
+        return f"pad={out_w}:{out_h}:0:0"
+    return f"scale={out_w}:{out_h}:flags=area"
+
+
+def x264_output_params(*, crf: int, preset: str, vf: str | None) -> list[str]:
+    """ffmpeg output flags shared by our encoder and the benchmark's CLI reference."""
+    params = ["-crf", str(crf), "-preset", preset, "-movflags", "+faststart"]
+    if vf:
+        params += ["-vf", vf]
+    return params
+
+
+def encode_mp4(
+    frames: Sequence[np.ndarray] | np.ndarray,
+    *,
+    fps: int | float,
+    crf: int = DEFAULT_CRF,
+    preset: str = DEFAULT_PRESET,
+    scale: float = 1.0,
+) -> bytes:
+    """H.264 yuv420p +faststart MP4 of uint8 HxWx3 frames, any size (odd ones padded to even)."""
+    import imageio_ffmpeg
+
+    items = _as_frames(frames)
+    height, width = items[0].shape[:2]
+    if not 0 < scale <= 1.0:
+        raise EncodeError(f"scale must be in (0, 1], got {scale}")
+    if not 0 <= crf <= 51:
+        raise EncodeError(f"crf must be 0-51, got {crf}")
+    with tempfile.TemporaryDirectory(prefix="encode-") as tmp:
+        path = Path(tmp) / "out.mp4"
+        writer = imageio_ffmpeg.write_frames(
+            str(path),
+            (width, height),
+            fps=Fraction(fps).limit_denominator(1001),
+            codec="libx264",
+            pix_fmt_in="rgb24",
+            pix_fmt_out="yuv420p",
+            quality=None,
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+            output_params=x264_output_params(crf=crf, preset=preset, vf=_video_filter(width, height, scale)),
+        )
+        try:
+            writer.send(None)
+            for frame in items:
+                writer.send(frame.tobytes())
+        except (OSError, RuntimeError) as exc:
+            raise EncodeError(f"ffmpeg failed while encoding: {exc}") from exc
+        finally:
+            try:
+                writer.close()
+            except RuntimeError as exc:  # ffmpeg exited non-zero
+                raise EncodeError(f"ffmpeg failed: {exc}") from exc
+        data = path.read_bytes()
+    if not data:
+        raise EncodeError("ffmpeg produced an empty file")
+    return data
+
+
+def fit_to_size(
+    frames: Sequence[np.ndarray] | np.ndarray,
+    *,
+    fps: int | float,
+    max_bytes: int,
+    crf: int = DEFAULT_CRF,
+    preset: str = DEFAULT_PRESET,
+    first: bytes | None = None,
+    max_passes: int = 4,
+) -> FitResult:
+    """Encode so the MP4 is at most `max_bytes`: raise the CRF first, then scale down.
+
+    `first` is an encode already made at `crf` (scale 1), so a file that fits costs nothing.
+    Each further pass predicts the CRF/scale that should fit from the last size (x264's
+    bitrate roughly halves every +6 CRF and follows the pixel count), so it usually takes
+    one or two passes and never more than `max_passes`. Raises `DoesNotFit` otherwise.
+    """
+    items = _as_frames(frames)
+    height, width = items[0].shape[:2]
+    passes = 0
+    scale = 1.0
+    current_crf = crf
+    data = first
+    if data is None:
+        data = encode_mp4(items, fps=fps, crf=current_crf, preset=preset)
+        passes += 1
+    best = FitResult(data=data, crf=current_crf, scale=scale, passes=passes, width=width, height=height)
+    while len(data) > max_bytes:
+        if passes >= max_passes:
+            break
+        ratio = len(data) / max_bytes
+        # aim 10% under the limit so the prediction's error rarely costs another pass
+        want = ratio / 0.9
+        if current_crf < MAX_FIT_CRF:
+            current_crf = min(MAX_FIT_CRF, current_crf + max(1, math.ceil(6 * math.log2(want))))
+        elif scale > MIN_FIT_SCALE:
+            scale = max(MIN_FIT_SCALE, scale / math.sqrt(want))
+        else:
+            break
+        data = encode_mp4(items, fps=fps, crf=current_crf, preset=preset, scale=scale)
+        passes += 1
+        out_w, out_h = output_size(width, height, scale)
+        best = FitResult(data=data, crf=current_crf, scale=scale, passes=passes, width=out_w, height=out_h)
+        log.debug("fit_to_size pass %d: crf %d scale %.2f -> %d bytes", passes, current_crf, scale, len(data))
+    if len(best.data) > max_bytes:
+        raise DoesNotFit(
+            f"video is {len(best.data)} bytes at crf {best.crf}, scale {best.scale:.2f} "
+            f"after {best.passes} passes; the limit is {max_bytes}",
+            best,
+        )
+    if best.passes > (0 if first is not None else 1):
+        log.info(
+            "re-encoded video to fit %d bytes: crf %d, scale %.2f, %d passes, %d bytes",
+            max_bytes,
+            best.crf,
+            best.scale,
+            best.passes,
+            best.size,
+        )
+    return best
+
+
+def poster_frame(frames: Sequence[np.ndarray] | np.ndarray, *, quality: int = 85) -> bytes:
+    """JPEG of the middle frame: a still for embeds and for clients that do not autoplay."""
+    items = list(frames)
+    if not items:
+        raise EncodeError("no frames for a poster")
+    frame = _as_frames([items[len(items) // 2]])[0]
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+# -- inspection (tests, diagnostics) ------------------------------------------------------------
+
+
+def mp4_top_level_boxes(data: bytes) -> list[str]:
+    """Top-level MP4 box types in file order; faststart means `moov` comes before `mdat`."""
+    boxes = []
+    offset = 0
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
+        elif size == 0:
+            size = len(data) - offset
+        if size < 8:
+            break
+        boxes.append(kind.decode("latin-1"))
+        offset += size
+    return boxes
+
+
+def is_faststart(data: bytes) -> bool:
+    boxes = mp4_top_level_boxes(data)
+    return "moov" in boxes and "mdat" in boxes and boxes.index("moov") < boxes.index("mdat")
+
+
+def have_ffprobe() -> bool:
+    return Path(FFPROBE).is_file() or shutil.which("ffprobe") is not None
+
+
+def probe(source: str | Path | bytes) -> dict[str, Any]:
+    """Codec, pixel format, size, frame count, fps and box order of an MP4, via ffprobe."""
+    exe = FFPROBE if Path(FFPROBE).is_file() else shutil.which("ffprobe")
+    if not exe:
+        raise FileNotFoundError("ffprobe not found (install ffmpeg, or set FFPROBE)")
+    with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
+        if isinstance(source, bytes):
+            path = Path(tmp) / "in.mp4"
+            path.write_bytes(source)
+            data = source
+        else:
+            path = Path(source)
+            data = path.read_bytes()
+        result = subprocess.run(
+            [exe, "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise EncodeError(f"ffprobe failed: {result.stderr.strip()[:300]}")
+    info = json.loads(result.stdout)
+    video = next((s for s in info.get("streams", []) if s.get("codec_type") == "video"), None)
+    if video is None:
+        raise EncodeError("no video stream")
+    frames = video.get("nb_read_frames") or video.get("nb_frames") or 0
+    return {
+        "codec": video.get("codec_name"),
+        "profile": video.get("profile"),
+        "pix_fmt": video.get("pix_fmt"),
+        "width": int(video.get("width", 0)),
+        "height": int(video.get("height", 0)),
+        "frames": int(frames),
+        "fps": float(Fraction(video.get("avg_frame_rate") or video.get("r_frame_rate") or "0/1")),
+        "duration": float(info.get("format", {}).get("duration", 0.0)),
+        "format": info.get("format", {}).get("format_name"),
+        "size": len(data),
+        "boxes": mp4_top_level_boxes(data),
+        "faststart": is_faststart(data),
+    }
