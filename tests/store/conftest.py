@@ -1,0 +1,93 @@
+"""One `store` fixture, parametrized over every driver, so one contract suite tests them all.
+
+- `sqlite`: a fresh file in the test's temp dir;
+- `mongomock`: the Mongo driver over mongomock-motor (in-process);
+- `mongodb`: a real server when `MONGODB_TEST_URI` is set (each test gets its own database,
+  dropped afterwards); skipped with the reason otherwise.
+
+`store_backend.new_store()` opens another, independent store on the same database (a second
+SQLite connection on the same file, or a second MongoStore on the same client/server): that is
+what the concurrency tests race against each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.store.base import Store
+from bot.store.mongo import MongoStore, make_client
+from bot.store.sqlite import SQLiteStore
+from bot.store.testing import mongomock_client, mongomock_store
+
+log = logging.getLogger(__name__)
+
+MONGODB_TEST_URI = os.environ.get("MONGODB_TEST_URI", "").strip()
+NO_MONGODB_REASON = (
+    "MONGODB_TEST_URI is not set: the real-MongoDB leg of the store contract is skipped "
+    "(run a mongod and set e.g. MONGODB_TEST_URI=mongodb://127.0.0.1:27017 to run it)"
+)
+
+
+class Backend:
+    """Makes stores on one database; closes every store it made."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.db_name = f"imaginebot_test_{uuid.uuid4().hex[:12]}"
+        self._stores: list[Store] = []
+        self._mock_client = mongomock_client() if kind == "mongomock" else None
+
+    def make(self) -> Store:
+        """An unopened store on this backend's database."""
+        store: Store
+        if self.kind == "sqlite":
+            store = SQLiteStore(path=self.tmp_path / "data" / "bot.db")
+        elif self.kind == "mongomock":
+            store = mongomock_store(client=self._mock_client, db_name=self.db_name)
+        else:
+            store = MongoStore(
+                client=make_client(MONGODB_TEST_URI), db_name=self.db_name, write_concern="majority"
+            )
+        self._stores.append(store)
+        return store
+
+    async def new_store(self) -> Store:
+        store = self.make()
+        await store.open()
+        return store
+
+    async def aclose(self) -> None:
+        for store in reversed(self._stores):
+            if self.kind != "mongomock":  # mongomock stores share one client; nothing to release
+                await store.close()
+        if self.kind == "mongodb" and self._stores:
+            client = make_client(MONGODB_TEST_URI)
+            try:
+                await client.drop_database(self.db_name)
+            finally:
+                client.close()
+
+
+@pytest.fixture(params=["sqlite", "mongomock", "mongodb"])
+async def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "mongodb" and not MONGODB_TEST_URI:
+        print(NO_MONGODB_REASON)
+        pytest.skip(NO_MONGODB_REASON)
+    backend = Backend(request.param, tmp_path)
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+@pytest.fixture
+async def store(store_backend: Backend) -> Store:
+    """An opened store of each driver."""
+    return await store_backend.new_store()
