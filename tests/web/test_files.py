@@ -1,0 +1,224 @@
+"""Result files: byte ranges on a video, signed expiring links, gallery privacy, the status page."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from bot.jobs import JobState, Source
+from bot.web.links import LinkExpired, LinkInvalid, LinkSigner
+from tests.web.conftest import LINK_SECRET, auth, make_job, make_web_settings, write_test_mp4, write_test_png
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def mp4(web_settings) -> Path:
+    return write_test_mp4(Path(web_settings.results_dir) / "clip.mp4")
+
+
+async def test_video_result_supports_byte_ranges(make_client, stub_queue, store, mp4) -> None:
+    data = mp4.read_bytes()
+    job = make_job(kind="video", result_path=mp4)
+    await store.insert_job(job)
+    client = await make_client(stub_queue)
+    url = f"/api/v1/jobs/{job.id}/result"
+
+    resp = await client.get(url, headers=auth("alice"))
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "video/mp4"
+    assert int(resp.headers["Content-Length"]) == len(data)
+    assert resp.headers["Accept-Ranges"] == "bytes"
+    assert await resp.read() == data
+
+    for start, end in ((0, 99), (100, 1123), (len(data) - 10, len(data) - 1)):
+        resp = await client.get(url, headers={**auth("alice"), "Range": f"bytes={start}-{end}"})
+        assert resp.status == 206
+        assert resp.headers["Content-Range"] == f"bytes {start}-{end}/{len(data)}"
+        assert int(resp.headers["Content-Length"]) == end - start + 1
+        assert await resp.read() == data[start : end + 1]
+    resp = await client.get(url, headers={**auth("alice"), "Range": "bytes=-16"})  # suffix range
+    assert resp.status == 206 and await resp.read() == data[-16:]
+    resp = await client.get(url, headers={**auth("alice"), "Range": f"bytes={len(data) + 5}-"})
+    assert resp.status == 416
+
+
+async def test_image_result_is_a_png(make_client, stub_queue, store, web_settings) -> None:
+    png = write_test_png(Path(web_settings.results_dir) / "a.png")
+    job = make_job(result_path=png)
+    await store.insert_job(job)
+    client = await make_client(stub_queue)
+    resp = await client.get(f"/api/v1/jobs/{job.id}/result", headers=auth("alice"))
+    assert resp.status == 200 and resp.headers["Content-Type"] == "image/png"
+    assert (await resp.read()) == png.read_bytes()
+    png.unlink()
+    resp = await client.get(f"/api/v1/jobs/{job.id}/result", headers=auth("alice"))
+    assert resp.status == 410 and (await resp.json())["error"]["code"] == "gone"
+
+
+# -- signed links --------------------------------------------------------------------------------
+
+
+def test_signatures_bind_job_and_expiry(web_settings) -> None:
+    signer = LinkSigner.from_settings(web_settings)
+    soon = datetime.now(UTC) + timedelta(minutes=5)
+    url = signer.sign("job1", soon)
+    assert url.startswith("http://127.0.0.1:8080/dl/job1?")
+    query = dict(p.split("=", 1) for p in urlsplit(url).query.split("&"))
+    signer.verify("job1", query["e"], query["s"])
+    with pytest.raises(LinkInvalid):
+        signer.verify("job2", query["e"], query["s"])  # another job
+    with pytest.raises(LinkInvalid):
+        signer.verify("job1", str(int(query["e"]) + 3600), query["s"])  # extended expiry
+    with pytest.raises(LinkInvalid):
+        signer.verify("job1", query["e"], None)
+    with pytest.raises(LinkExpired):
+        signer.verify("job1", query["e"], query["s"], now=soon + timedelta(seconds=1))
+    other = LinkSigner(secret=b"another-secret-0123456789", public_url="http://x", expiry_s=60)
+    with pytest.raises(LinkInvalid):
+        other.verify("job1", query["e"], query["s"])
+
+
+def test_without_link_secret_signers_of_one_process_agree(tmp_path, tiny_model_cache) -> None:
+    settings = make_web_settings(tmp_path, tiny_model_cache, link_secret=None)
+    a, b = LinkSigner.from_settings(settings), LinkSigner.from_settings(settings)
+    url = a.sign("job1")
+    query = dict(p.split("=", 1) for p in urlsplit(url).query.split("&"))
+    b.verify("job1", query["e"], query["s"])
+    fixed = LinkSigner.from_settings(make_web_settings(tmp_path, tiny_model_cache, link_secret=LINK_SECRET))
+    with pytest.raises(LinkInvalid):
+        fixed.verify("job1", query["e"], query["s"])
+
+
+async def test_signed_download_serves_valid_links_only(
+    make_client, stub_queue, store, mp4, web_settings
+) -> None:
+    job = make_job(kind="video", result_path=mp4, user_id="555", source=Source.DISCORD, guild_id="1")
+    await store.insert_job(job)
+    client = await make_client(stub_queue)
+    signer = LinkSigner.from_settings(web_settings)
+
+    def local(url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.path}?{parts.query}"
+
+    good = local(signer.sign(job.id, datetime.now(UTC) + timedelta(hours=1)))
+    resp = await client.get(good, headers={"Range": "bytes=0-9"})  # no API key needed
+    assert resp.status == 206 and await resp.read() == mp4.read_bytes()[:10]
+    resp = await client.get(good)
+    assert resp.status == 200 and resp.headers["Content-Type"] == "video/mp4"
+
+    tampered = good.replace(job.id, job.id[:-1] + ("0" if job.id[-1] != "0" else "1"))
+    resp = await client.get(tampered)
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "invalid_link"
+    resp = await client.get(f"/dl/{job.id}")
+    assert resp.status == 403
+    expired = local(signer.sign(job.id, datetime.now(UTC) - timedelta(seconds=1)))
+    resp = await client.get(expired)
+    assert resp.status == 410 and (await resp.json())["error"]["code"] == "link_expired"
+
+
+# -- gallery and status page ---------------------------------------------------------------------
+
+
+async def test_status_page_shows_public_results_escaped(
+    make_client, stub_queue, store, web_settings, mp4
+) -> None:
+    results = Path(web_settings.results_dir)
+    evil = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
+    public_video = make_job(
+        kind="video",
+        result_path=mp4,
+        user_id="1",
+        source=Source.DISCORD,
+        guild_id="pub",
+        prompt=evil,
+        width=64,
+        height=48,
+    )
+    api_image = make_job(result_path=write_test_png(results / "api.png"), prompt="api picture")
+    private = make_job(
+        result_path=write_test_png(results / "priv.png"),
+        user_id="2",
+        source=Source.DISCORD,
+        guild_id="priv",
+        prompt="private prompt",
+    )
+    dm = make_job(
+        result_path=write_test_png(results / "dm.png"),
+        user_id="3",
+        source=Source.DISCORD,
+        prompt="direct message prompt",
+    )
+    failed = make_job(state=JobState.FAILED, prompt="failed prompt")
+    for job in (public_video, api_image, private, dm, failed):
+        await store.insert_job(job)
+    await store.update_guild_settings("pub", gallery_public=True)
+    await store.update_guild_settings("priv", gallery_public=False)
+
+    running = make_job(
+        kind="video",
+        user_id="2",
+        source=Source.DISCORD,
+        guild_id="priv",
+        prompt="secret running prompt",
+        state=JobState.IN_PROGRESS,
+    )
+    stub_queue.running, stub_queue.progress = running, (3, 8)
+    stub_queue.queued = [make_job(state=JobState.QUEUED) for _ in range(4)]
+    client = await make_client(stub_queue)
+
+    resp = await client.get("/")
+    assert resp.status == 200 and resp.content_type == "text/html"
+    assert "script-src" not in resp.headers["Content-Security-Policy"]  # default-src 'none': no scripts
+    page = await resp.text()
+    assert "<script>" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "api picture" in page
+    for hidden in ("private prompt", "direct message prompt", "failed prompt", "secret running prompt"):
+        assert hidden not in page
+    assert re.search(r'id="queue-length"[^>]*>4<', page)
+    assert "step 3/8" in page
+    video = re.search(r"<video[^>]*>", page).group(0)
+    for attr in (
+        "controls",
+        'preload="metadata"',
+        f'poster="/gallery/{public_video.id}/poster"',
+        f'src="/gallery/{public_video.id}"',
+        'width="64"',
+        'height="48"',
+    ):
+        assert attr in video
+
+    assert (await client.get(f"/gallery/{public_video.id}")).status == 200
+    assert (await client.get(f"/gallery/{api_image.id}")).status == 200
+    for job in (private, dm, failed, running):
+        resp = await client.get(f"/gallery/{job.id}")
+        assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+    poster = await client.get(f"/gallery/{public_video.id}/poster")
+    assert poster.status == 200 and poster.headers["Content-Type"] == "image/jpeg"
+    assert (await poster.read())[:2] == b"\xff\xd8"
+
+    await store.update_guild_settings("pub", gallery_public=False)  # takes effect at once
+    assert (await client.get(f"/gallery/{public_video.id}")).status == 404
+    assert evil not in await (await client.get("/")).text()
+
+
+async def test_poster_from_the_worker_is_preferred(make_client, stub_queue, store, mp4, web_settings) -> None:
+    job = make_job(kind="video", result_path=mp4)
+    await store.insert_job(job)
+    client = await make_client(stub_queue)
+    poster = Path(web_settings.results_dir) / "worker-poster.jpg"
+    poster.write_bytes(b"\xff\xd8worker poster")
+
+    class Result:
+        poster_path = str(poster)
+
+    for listener in stub_queue.listeners:
+        await listener.on_finished(job, Result())
+    resp = await client.get(f"/gallery/{job.id}/poster")
+    assert resp.status == 200 and await resp.read() == b"\xff\xd8worker poster"
