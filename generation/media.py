@@ -210,37 +210,64 @@ def fit_to_size(
     items = _as_frames(frames)
     height, width = items[0].shape[:2]
     passes = 0
-    scale = 1.0
-    current_crf = crf
-    data = first
-    if data is None:
-        data = encode_mp4(items, fps=fps, crf=current_crf, preset=preset)
+    if first is None:
+        first = encode_mp4(items, fps=fps, crf=crf, preset=preset)
         passes += 1
-    best = FitResult(data=data, crf=current_crf, scale=scale, passes=passes, width=width, height=height)
-    while len(data) > max_bytes:
-        if passes >= max_passes:
+    tried = [FitResult(data=first, crf=crf, scale=1.0, passes=passes, width=width, height=height)]
+    # halvings of the media data per CRF step: 1/6 is x264's rule of thumb, then learned
+    slope = 1 / 6
+
+    def payload(result: FitResult) -> int:
+        return _mdat_size(result.data) or len(result.data)
+
+    def fits(result: FitResult) -> bool:
+        return result.size <= max_bytes
+
+    while passes < max_passes:
+        last = tried[-1]
+        # the index (moov) barely shrinks with quality: predict from the media data alone
+        room = max_bytes * 0.92 - (last.size - payload(last))
+        if room <= 0:
             break
-        ratio = len(data) / max_bytes
-        # aim 10% under the limit so the prediction's error rarely costs another pass
-        want = ratio / 0.9
-        if current_crf < MAX_FIT_CRF:
-            current_crf = min(MAX_FIT_CRF, current_crf + max(1, math.ceil(6 * math.log2(want))))
-        elif scale > MIN_FIT_SCALE:
-            scale = max(MIN_FIT_SCALE, scale / math.sqrt(want))
+        if fits(last):
+            # far under the limit (an overshoot) with passes to spare: give quality back once
+            if last.size >= max_bytes * 0.5 or last.crf <= crf or len(tried) > 2:
+                break
+            new_crf = max(crf, last.crf + math.floor(math.log2(room / payload(last)) / -slope))
+            new_crf = min(new_crf, last.crf - 1)
+            new_scale = last.scale
         else:
-            break
-        data = encode_mp4(items, fps=fps, crf=current_crf, preset=preset, scale=scale)
+            want = payload(last) / room
+            wanted_crf = last.crf + max(1, math.ceil(math.log2(want) / slope))
+            new_crf = min(MAX_FIT_CRF, wanted_crf)
+            new_scale = last.scale
+            if new_crf == last.crf:
+                # CRF is at its cap: scale down (the bits follow the pixel count ~^0.75)
+                if last.scale <= MIN_FIT_SCALE:
+                    break
+                new_scale = max(MIN_FIT_SCALE, last.scale / want ** (1 / 1.5))
+        data = encode_mp4(items, fps=fps, crf=new_crf, preset=preset, scale=new_scale)
         passes += 1
-        out_w, out_h = output_size(width, height, scale)
-        best = FitResult(data=data, crf=current_crf, scale=scale, passes=passes, width=out_w, height=out_h)
-        log.debug("fit_to_size pass %d: crf %d scale %.2f -> %d bytes", passes, current_crf, scale, len(data))
+        out_w, out_h = output_size(width, height, new_scale)
+        result = FitResult(data=data, crf=new_crf, scale=new_scale, passes=passes, width=out_w, height=out_h)
+        log.debug("fit_to_size pass %d: crf %d scale %.2f -> %d bytes", passes, new_crf, new_scale, len(data))
+        if new_scale == last.scale and new_crf != last.crf and payload(result) and payload(last):
+            measured = math.log2(payload(last) / payload(result)) / (new_crf - last.crf)
+            slope = min(0.6, max(0.05, measured))
+        tried.append(result)
+    fitting = [r for r in tried if fits(r)]
+    # the best fit is the least degraded one: largest scale, then lowest CRF
+    best = max(fitting, key=lambda r: (r.scale, -r.crf)) if fitting else min(tried, key=lambda r: r.size)
+    best = FitResult(
+        data=best.data, crf=best.crf, scale=best.scale, passes=passes, width=best.width, height=best.height
+    )
     if len(best.data) > max_bytes:
         raise DoesNotFit(
             f"video is {len(best.data)} bytes at crf {best.crf}, scale {best.scale:.2f} "
             f"after {best.passes} passes; the limit is {max_bytes}",
             best,
         )
-    if best.passes > (0 if first is not None else 1):
+    if best.crf != crf or best.scale != 1.0:
         log.info(
             "re-encoded video to fit %d bytes: crf %d, scale %.2f, %d passes, %d bytes",
             max_bytes,
@@ -281,6 +308,23 @@ def mp4_top_level_boxes(data: bytes) -> list[str]:
         boxes.append(kind.decode("latin-1"))
         offset += size
     return boxes
+
+
+def _mdat_size(data: bytes) -> int:
+    total = 0
+    offset = 0
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
+        elif size == 0:
+            size = len(data) - offset
+        if size < 8:
+            break
+        if kind == b"mdat":
+            total += size
+        offset += size
+    return total
 
 
 def is_faststart(data: bytes) -> bool:
