@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -55,10 +54,12 @@ class Page:
         self._ids = itertools.count(1)
         self.console: list[str] = []
 
-    async def send(self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30.0) -> Any:
+    async def send(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout_s: float = 30.0
+    ) -> Any:
         msg_id = next(self._ids)
         await self._ws.send_str(json.dumps({"id": msg_id, "method": method, "params": params or {}}))
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout_s):
             while True:
                 msg = await self._ws.receive()
                 if msg.type is not aiohttp.WSMsgType.TEXT:
@@ -72,46 +73,53 @@ class Page:
                         raise RuntimeError(f"{method}: {data['error']}")
                     return data.get("result")
 
-    async def navigate(self, url: str, *, timeout: float = 30.0) -> None:
+    async def navigate(self, url: str, *, timeout_s: float = 30.0) -> None:
         await self.send("Page.enable")
         await self.send("Runtime.enable")
         await self.send("Page.navigate", {"url": url})
         await self.evaluate(
             "new Promise(r => document.readyState === 'complete' ? r(true)"
             " : window.addEventListener('load', () => r(true)))",
-            timeout=timeout,
+            timeout_s=timeout_s,
         )
 
-    async def evaluate(self, expression: str, *, timeout: float = 30.0) -> Any:
+    async def evaluate(self, expression: str, *, timeout_s: float = 30.0) -> Any:
         result = await self.send(
             "Runtime.evaluate",
             {"expression": expression, "awaitPromise": True, "returnByValue": True},
-            timeout=timeout,
+            timeout_s=timeout_s,
         )
         if result.get("exceptionDetails"):
             raise RuntimeError(f"JavaScript error: {result['exceptionDetails']}")
         return result["result"].get("value")
 
 
+def _read_port(port_file: Path) -> int | None:
+    try:
+        text = port_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text.split()[0]) if text else None
+
+
 @contextlib.asynccontextmanager
 async def chromium_page(executable: str, profile_dir: Path) -> AsyncIterator[Page]:
     """Start headless Chromium with a fresh profile and yield its first page."""
-    profile_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "about:blank"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    await asyncio.to_thread(profile_dir.mkdir, parents=True, exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        executable,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile_dir}",
+        "about:blank",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        port_file = profile_dir / "DevToolsActivePort"
         async with asyncio.timeout(30):
-            while not port_file.exists() or not port_file.read_text().strip():
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"chromium exited: {proc.stderr.read().decode(errors='replace')[-2000:]}"
-                    )
+            while (port := await asyncio.to_thread(_read_port, profile_dir / "DevToolsActivePort")) is None:
+                if proc.returncode is not None:
+                    raise RuntimeError(f"chromium exited with {proc.returncode} before DevTools started")
                 await asyncio.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(30):
                 while True:
@@ -124,7 +132,6 @@ async def chromium_page(executable: str, profile_dir: Path) -> AsyncIterator[Pag
             async with http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                 yield Page(ws)
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()

@@ -104,7 +104,7 @@ async def test_gallery_videos_play_in_headless_chromium(
         host, port = runner.addresses[0][:2]
         async with chromium_page(CHROMIUM, tmp_path / "chromium-profile") as page:
             await page.navigate(f"http://{host}:{port}/")
-            raw = await page.evaluate(CHECK_MEDIA_JS, timeout=60)
+            raw = await page.evaluate(CHECK_MEDIA_JS, timeout_s=60)
     seen = json.loads(raw)
 
     assert len(seen["videos"]) == 1 and len(seen["images"]) == 1
