@@ -2,6 +2,7 @@
 
 - `sqlite`: a fresh file in the test's temp dir;
 - `mongomock`: the Mongo driver over mongomock-motor (in-process);
+- `sqlite-buffered`: the SQLite driver behind `BufferedStore` (the wrapper must keep the contract);
 - `mongodb`: a real server when `MONGODB_TEST_URI` is set (each test gets its own database,
   dropped afterwards); skipped with the reason otherwise.
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from bot.store.base import Store
+from bot.store.buffer import BufferedStore
 from bot.store.mongo import MongoStore, make_client
 from bot.store.sqlite import SQLiteStore
 from bot.store.testing import mongomock_client, mongomock_store
@@ -49,6 +51,8 @@ class Backend:
         store: Store
         if self.kind == "sqlite":
             store = SQLiteStore(path=self.tmp_path / "data" / "bot.db")
+        elif self.kind == "sqlite-buffered":
+            store = BufferedStore(SQLiteStore(path=self.tmp_path / "data" / "bot.db"), max_items=100)
         elif self.kind == "mongomock":
             store = mongomock_store(client=self._mock_client, db_name=self.db_name)
         else:
@@ -75,7 +79,7 @@ class Backend:
                 client.close()
 
 
-@pytest.fixture(params=["sqlite", "mongomock", "mongodb"])
+@pytest.fixture(params=["sqlite", "sqlite-buffered", "mongomock", "mongodb"])
 async def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "mongodb" and not MONGODB_TEST_URI:
         print(NO_MONGODB_REASON)
