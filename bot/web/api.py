@@ -190,12 +190,24 @@ def _live(request: web.Request, job: Job) -> tuple[int | None, float | None, dic
     eta = queue.eta_s(job.id)
     progress = None
     if job.state is JobState.IN_PROGRESS or position == 0:
-        snap = queue.snapshot()
-        running = getattr(snap, "running", None)
-        if running is not None and running.id == job.id and getattr(snap, "progress", None):
-            step, total = snap.progress
-            progress = {"step": int(step), "total": int(total)}
+        progress = job_progress(queue.snapshot(), job.id)
     return position, eta, progress
+
+
+def job_progress(snap: Any, job_id: str) -> dict[str, int] | None:
+    """Step and total of a running job from a queue snapshot (None if it is not running)."""
+    entries = list(getattr(snap, "active", None) or ())
+    if not entries and getattr(snap, "progress", None) is not None:
+        entries = [snap.progress]
+    for entry in entries:
+        job = getattr(entry, "job", None)
+        if job is not None and job.id == job_id:
+            return {"step": int(entry.step), "total": int(entry.total)}
+    if getattr(snap, "running", None) is not None and snap.running.id == job_id:
+        if isinstance(snap.progress, tuple):
+            return {"step": int(snap.progress[0]), "total": int(snap.progress[1])}
+        return {"step": 0, "total": int(snap.running.params.get("steps") or 0)}
+    return None
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -229,12 +241,12 @@ async def get_result(request: web.Request) -> web.StreamResponse:
     return file_response(path, filename=f"{job.id}{path.suffix}")
 
 
-def file_response(path: Path, *, filename: str) -> web.FileResponse:
+def file_response(path: Path, *, filename: str, content_type: str | None = None) -> web.FileResponse:
     """The file with its exact type, length and byte-range support (browsers seek videos)."""
     return web.FileResponse(
         path,
         headers={
-            "Content-Type": media_type(path),
+            "Content-Type": content_type or media_type(path),
             "Content-Disposition": f'inline; filename="{filename}"',
             "Cache-Control": "private, max-age=3600",
             "X-Content-Type-Options": "nosniff",
@@ -248,13 +260,13 @@ async def get_queue(request: web.Request) -> web.Response:
     running = snap.running
     running_json = None
     if running is not None:
-        step, total = snap.progress or (0, int(running.params.get("steps") or 0))
+        progress = job_progress(snap, running.id) or {"step": 0, "total": 0}
         running_json = {
             "kind": running.kind,
             "model": running.model,
             "mine": running.user_id == caller.user_id,
             "id": running.id if running.user_id == caller.user_id else None,
-            "progress": {"step": int(step), "total": int(total)},
+            "progress": progress,
         }
     mine = [
         {"id": e.job.id, "kind": e.job.kind, "model": e.job.model, "position": e.position, "eta_s": e.eta_s}

@@ -132,10 +132,12 @@ async def _run_check(check: ReadinessCheck) -> str | None:
 
 
 def default_checks(*, store: Any, queue: Any) -> list[ReadinessCheck]:
-    """Store reachable, worker alive, models loaded, asking whatever the queue exposes.
+    """Store reachable, queue started, every worker alive, models loaded.
 
-    The queue (or its executor) may expose `worker_alive()` and `models_loaded()` (methods
-    or properties, sync or async, bool); a probe it lacks is simply not run.
+    Asks whatever the queue exposes: `started`, `workers()` (each with `.alive`), and for the
+    models a `models_loaded()` method on the queue or its executor when there is one, else
+    whether the in-process GPU worker has built its pipeline manager (which happens after the
+    preloaded models are resident).
     """
 
     async def store_check() -> str | None:
@@ -147,34 +149,37 @@ def default_checks(*, store: Any, queue: Any) -> list[ReadinessCheck]:
             return f"store unreachable ({type(exc).__name__})"
         return None if ok else "store unreachable (ping failed)"
 
-    checks: list[ReadinessCheck] = [store_check]
-    for name, reason in (
-        ("worker_alive", "GPU worker is not running"),
-        ("models_loaded", "models not loaded"),
-    ):
-        owner = _probe_owner(queue, name)
-        if owner is None:
-            continue
+    async def worker_check() -> str | None:
+        if getattr(queue, "started", True) is False:
+            return "queue not started"
+        workers = getattr(queue, "workers", None)
+        if workers is None:
+            return None
+        found = workers()
+        if not found:
+            return "no GPU worker is running"
+        dead = [w.id for w in found if not getattr(w, "alive", True)]
+        return f"GPU worker not alive: {', '.join(dead)}" if dead else None
 
-        async def check(owner: Any = owner, name: str = name, reason: str = reason) -> str | None:
-            value = getattr(owner, name)  # read on every call: it may be a property
-            if callable(value):
-                value = value()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if isinstance(value, str):  # a probe may explain itself
-                return value or None
-            return None if value else reason
+    async def models_check() -> str | None:
+        executor = getattr(queue, "executor", None)
+        for owner in (queue, executor):
+            probe = getattr(owner, "models_loaded", None) if owner is not None else None
+            if probe is not None:
+                value = probe() if callable(probe) else probe
+                if asyncio.iscoroutine(value):
+                    value = await value
+                if isinstance(value, str):
+                    return value or None
+                return None if value else "models not loaded"
+        if executor is None or not hasattr(executor, "worker"):
+            return None  # remote workers report through workers()
+        worker = executor.worker
+        if worker is None or getattr(worker, "manager", None) is None:
+            return "models not loaded (the GPU worker is still starting)"
+        return None
 
-        checks.append(check)
-    return checks
-
-
-def _probe_owner(queue: Any, name: str) -> Any:
-    for owner in (queue, getattr(queue, "executor", None), getattr(queue, "worker", None)):
-        if owner is not None and hasattr(owner, name):
-            return owner
-    return None
+    return [store_check, worker_check, models_check]
 
 
 # -- metrics -----------------------------------------------------------------------------------

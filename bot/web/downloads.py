@@ -24,7 +24,7 @@ from bot.web.api import file_response
 from bot.web.errors import ApiError
 from bot.web.keys import POSTERS_KEY, SIGNER_KEY, STORE_KEY
 from bot.web.links import DOWNLOAD_PREFIX, LinkExpired, LinkInvalid
-from bot.web.media import is_video
+from bot.web.media import is_video, sniff_image_type
 
 log = logging.getLogger(__name__)
 
@@ -92,4 +92,6 @@ async def gallery_poster(request: web.Request) -> web.StreamResponse:
     poster = await request.app[POSTERS_KEY].poster_for(job.id, path)
     if poster is None:
         raise ApiError(404, "not_found", "This video has no poster frame.")
-    return file_response(poster, filename=f"{job.id}-poster{poster.suffix}")
+    kind = await asyncio.to_thread(sniff_image_type, poster)
+    suffix = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}.get(kind, poster.suffix)
+    return file_response(poster, filename=f"{job.id}-poster{suffix}", content_type=kind)

@@ -35,6 +35,23 @@ def media_type(path: str | Path) -> str:
     return MEDIA_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")
 
 
+def sniff_image_type(path: Path) -> str:
+    """The image type from the file's first bytes (blocking; call it in a thread).
+
+    Posters are named by convention (`<id>.poster.png`) but may hold JPEG data, and we send
+    `nosniff`, so the header has to be right.
+    """
+    with path.open("rb") as f:
+        head = f.read(12)
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return media_type(path)
+
+
 def is_video(path: str | Path) -> bool:
     return media_type(path).startswith("video/")
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from bot.jobs import Job, JobState, Source
 from bot.store import Store, StoreUnavailable
+from bot.web.api import job_progress
 from bot.web.keys import QUEUE_KEY, STORE_KEY
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ async def status_page(request: web.Request) -> web.Response:
     running = None
     if snap.running is not None:
         job = snap.running
-        step, total = snap.progress or (0, int(job.params.get("steps") or 0))
+        progress = job_progress(snap, job.id) or {"step": 0, "total": 0}
         prompt = None
         if store_error is None:
             try:
@@ -67,8 +68,8 @@ async def status_page(request: web.Request) -> web.Response:
             "kind": job.kind,
             "model": job.model,
             "prompt": prompt,
-            "step": int(step),
-            "total": int(total),
+            "step": progress["step"],
+            "total": progress["total"],
             "elapsed": elapsed,
         }
     html = _templates.get_template("status.html").render(

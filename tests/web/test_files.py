@@ -213,7 +213,7 @@ async def test_poster_from_the_worker_is_preferred(make_client, stub_queue, stor
     await store.insert_job(job)
     client = await make_client(stub_queue)
     poster = Path(web_settings.results_dir) / "worker-poster.jpg"
-    poster.write_bytes(b"\xff\xd8worker poster")
+    poster.write_bytes(b"\xff\xd8\xffworker poster")
 
     class Result:
         poster_path = str(poster)
@@ -221,4 +221,4 @@ async def test_poster_from_the_worker_is_preferred(make_client, stub_queue, stor
     for listener in stub_queue.listeners:
         await listener.on_finished(job, Result())
     resp = await client.get(f"/gallery/{job.id}/poster")
-    assert resp.status == 200 and await resp.read() == b"\xff\xd8worker poster"
+    assert resp.status == 200 and await resp.read() == b"\xff\xd8\xffworker poster"
