@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 TINY_VERSION = 1
 TINY_MODELS = ("tiny-image", "tiny-video")
 _MARKER = "tiny-build.json"
+#: building seeds torch's global RNG: two builds in one process must not interleave
+_BUILD_LOCK = threading.Lock()
 
 SEED = 0
 TEXT_DIM = 32
@@ -40,18 +43,30 @@ def ensure_tiny(model_id: str, cache_dir: Path) -> Path:
     """Return the directory of the saved twin, building it first if the cache lacks it.
 
     Safe when several processes race: each builds into its own temporary directory next to
-    the target and renames it into place; the loser discards its copy.
+    the target and renames it into place; the loser discards its copy. Within a process,
+    builds are serialised (they seed torch's global RNG, which they fork and restore).
     """
     if model_id not in TINY_MODELS:
         raise ValueError(f"no tiny twin named {model_id!r}; known: {', '.join(TINY_MODELS)}")
     target = tiny_path(model_id, cache_dir)
     if (target / _MARKER).is_file():
         return target
+    with _BUILD_LOCK:
+        if (target / _MARKER).is_file():
+            return target
+        _build_into(model_id, target)
+    return target
+
+
+def _build_into(model_id: str, target: Path) -> None:
+    import torch
+
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}-", dir=target.parent))
     try:
         log.info("building tiny twin %s into %s", model_id, target)
-        pipe = build_tiny_pipeline(model_id)
+        with torch.random.fork_rng(devices=[]):
+            pipe = build_tiny_pipeline(model_id)
         pipe.save_pretrained(tmp)
         (tmp / _MARKER).write_text(json.dumps({"model": model_id, "version": TINY_VERSION, "seed": SEED}))
         if target.exists() and not (target / _MARKER).is_file():
@@ -66,7 +81,6 @@ def ensure_tiny(model_id: str, cache_dir: Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 # -- the components -----------------------------------------------------------------------------
