@@ -81,8 +81,9 @@ def create_store(settings: Settings, *, buffered: bool = False) -> Store:
         )
     else:
         scheme = url.split(":", 1)[0] if ":" in url else url
+        hint = " (SQLite URLs take three slashes before a relative path)" if scheme == "sqlite" else ""
         raise ValueError(
-            f"STORE_URL has an unsupported scheme {scheme!r}: use "
+            f"STORE_URL has an unsupported scheme {scheme!r}{hint}: use "
             "sqlite:///path/to/bot.db, mongodb://host/db or mongodb+srv://cluster/db"
         )
     if buffered:
