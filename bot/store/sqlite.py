@@ -1,7 +1,8 @@
 """The embedded default store: one SQLite file through aiosqlite, zero setup.
 
 Why it is shaped this way:
-- one long-lived connection in autocommit mode, and every operation is ONE statement
+- one long-lived connection for writes in autocommit mode (plus one for SELECTs, which WAL lets run
+  beside a write, so a status read never queues behind an fsync), and every write is ONE statement
   (`UPDATE … RETURNING`, `INSERT … ON CONFLICT … RETURNING`), so there is never an open transaction
   another coroutine's statement could slip into, and each write is atomic even across processes
   (SQLite's write lock; `busy_timeout` makes a second writer wait instead of failing);
@@ -235,7 +236,8 @@ class SQLiteStore(Store):
     def __init__(self, *, path: str | Path, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
-        self._conn: aiosqlite.Connection | None = None
+        self._conn: aiosqlite.Connection | None = None  # every write, in autocommit
+        self._reader: aiosqlite.Connection | None = None  # SELECTs, so reads never wait on an fsync
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -256,7 +258,16 @@ class SQLiteStore(Store):
         except BaseException:
             await conn.close()
             raise
-        self._conn = conn
+        reader = conn
+        if str(self.path) != ":memory:":  # a second in-memory connection would be another database
+            try:
+                reader = await aiosqlite.connect(str(self.path), isolation_level=None)
+                await reader.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+                await reader.execute("PRAGMA query_only = 1")
+            except BaseException:
+                await conn.close()
+                raise
+        self._conn, self._reader = conn, reader
         log.info("SQLite store open: %s (journal %s, schema v%d)", self.path, mode, SCHEMA_VERSION)
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
@@ -289,7 +300,10 @@ class SQLiteStore(Store):
             raise
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, reader = self._conn, self._reader
+        self._conn = self._reader = None
+        if reader is not None and reader is not conn:
+            await reader.close()
         if conn is not None:
             await conn.close()
 
@@ -324,7 +338,7 @@ class SQLiteStore(Store):
             raise
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        conn = self._conn
+        conn = self._reader if sql.startswith("SELECT") else self._conn
         if conn is None:
             raise StoreUnavailable("The database is not open.")
         with self._guard():
