@@ -152,7 +152,11 @@ async def make_client(web_settings: Settings, store: Store) -> AsyncIterator[Cli
     async def factory(queue: Any, **kwargs: Any) -> TestClient[web.Request, web.Application]:
         settings = kwargs.pop("settings", web_settings)
         app = create_web_app(
-            settings=settings, store=store, queue=queue, registry=build_registry(settings), **kwargs
+            settings=settings,
+            store=kwargs.pop("store", store),
+            queue=queue,
+            registry=build_registry(settings),
+            **kwargs,
         )
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
