@@ -429,7 +429,11 @@ class RestApi:
             "name": body.get("name"),
             "description": body.get("description", ""),
             "options": body.get("options") or [],
-            "default_member_permissions": body.get("default_member_permissions"),
+            "default_member_permissions": (
+                None
+                if body.get("default_member_permissions") is None
+                else str(body["default_member_permissions"])
+            ),
             "dm_permission": body.get("dm_permission", True),
             "contexts": body.get("contexts"),
             "integration_types": body.get("integration_types", [0]),

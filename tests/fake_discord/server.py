@@ -121,12 +121,12 @@ class FakeDiscord:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/gateway", self.gateway.handle)
         self.rest.add_to(app)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock, shutdown_timeout=1.0).start()
+        await web.SockSite(self._runner, sock).start()
         self.state.http_base = self.http_base
         self.gateway.url = self.gateway_url
         log.info("fake Discord on %s", self.http_base)

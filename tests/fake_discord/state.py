@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+RECHECK_S = 0.05
+
 DEFAULT_ERROR_MESSAGES = {
     10003: "Unknown Channel",
     10008: "Unknown Message",
@@ -106,7 +108,10 @@ class FaultRule:
 
 
 class Notifier:
-    """Wake every waiter whenever the state changes; waiters re-check their own predicate."""
+    """Wake every waiter whenever the state changes; waiters re-check their own predicate.
+
+    Waiters also re-check every RECHECK_S, for predicates that look at the bot's side too.
+    """
 
     def __init__(self) -> None:
         self._waiters: list[asyncio.Future[None]] = []
@@ -135,8 +140,9 @@ class Notifier:
                 raise TimeoutError(describe())
             waiter = loop.create_future()
             self._waiters.append(waiter)
+            # the predicate may also read the bot's own state, which does not notify us
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, remaining)
+                await asyncio.wait_for(waiter, min(remaining, RECHECK_S))
 
 
 @dataclass
