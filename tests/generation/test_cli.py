@@ -29,6 +29,7 @@ def cli_env(cache_dir: Path) -> dict[str, str]:
         HF_OFFLINE="true",
         DEVICE="cpu",
         DTYPE="auto",
+        OMP_NUM_THREADS="1",
     )
     return env
 
