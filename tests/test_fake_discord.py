@@ -137,6 +137,41 @@ class DemoBot(discord.Client):
             except discord.NotFound as exc:
                 self.errors.append(exc)
 
+        @tree.command()
+        async def progress(interaction: discord.Interaction) -> None:
+            """Edit the reply as work goes on, then tidy up a follow-up."""
+            await interaction.response.defer()
+            for step in (1, 2, 3):
+                await interaction.edit_original_response(content=f"step {step}/3")
+            original = await interaction.original_response()
+            extra = await interaction.followup.send(f"extra after {original.content}", wait=True)
+            await extra.delete()
+            result = await interaction.channel.send("result", file=discord.File(io.BytesIO(b"v1"), "v1.txt"))
+            await result.edit(content="result v2", attachments=[discord.File(io.BytesIO(b"v2"), "v2.txt")])
+
+        async def model_names(
+            interaction: discord.Interaction, current: str
+        ) -> list[app_commands.Choice[str]]:
+            names = ["sd15", "damo", "zeroscope"]
+            return [app_commands.Choice(name=n, value=n) for n in names if n.startswith(current)]
+
+        @tree.command()
+        @app_commands.autocomplete(name=model_names)
+        async def model(interaction: discord.Interaction, name: str) -> None:
+            """Pick a model."""
+            await interaction.response.send_message(f"model {name}")
+
+        class Feedback(discord.ui.Modal, title="Feedback"):
+            text = discord.ui.TextInput(label="What went wrong?", custom_id="feedback:text")
+
+            async def on_submit(self, interaction: discord.Interaction) -> None:
+                await interaction.response.send_message(f"thanks: {self.text.value}", ephemeral=True)
+
+        @tree.command()
+        async def feedback(interaction: discord.Interaction) -> None:
+            """Open a form."""
+            await interaction.response.send_modal(Feedback())
+
         queue = app_commands.Group(name="queue", description="Your jobs")
 
         @queue.command(name="cancel")
@@ -256,7 +291,7 @@ async def test_command_sync_is_recorded_with_typed_options(fake: FakeDiscord, bo
     queue = fake.command("queue")
     assert [(o["name"], o["type"]) for o in queue["options"]] == [("cancel", 1)]
     assert fake.command("admin")["default_member_permissions"] == str(int(Perm.MANAGE_GUILD))
-    assert {c["name"] for c in commands} == {"imagine", "post", "later", "slow", "queue", "admin"}
+    assert {c["name"] for c in commands} >= {"imagine", "post", "later", "slow", "queue", "admin", "model"}
 
 
 # interactions --------------------------------------------------------------------------------
@@ -301,6 +336,38 @@ async def test_subcommand_in_a_group_gets_an_ephemeral_reply(fake: FakeDiscord, 
     assert (response.kind, response.ephemeral, response.content) == ("message", True, "cancelled job 42")
     assert fake.messages() == []  # ephemeral replies are not in the channel
     assert interaction.messages[0].ephemeral
+
+
+async def test_progress_edits_are_kept_as_history_and_deletes_recorded(
+    fake: FakeDiscord, bot: DemoBot
+) -> None:
+    interaction = await fake.invoke_slash("progress")
+    result = await fake.wait_for_message(lambda m: m.content == "result v2")
+    original = interaction.original
+    assert [v.content for v in original.versions] == ["", "step 1/3", "step 2/3", "step 3/3"]
+    assert original.versions[0].flags & 128 and not original.loading  # "thinking" until the first edit
+    times = [v.at for v in original.versions]
+    assert times == sorted(times)
+    [extra] = interaction.followups
+    assert extra.deleted and extra.content == "extra after step 3/3"
+    assert [a.filename for a in result.attachments] == ["v2.txt"] and result.attachment.data == b"v2"
+    assert [a.filename for a in result.versions[0].attachments] == ["v1.txt"]
+    assert fake.messages(include_deleted=True) == [original, extra, result]
+    assert fake.messages() == [original, result]
+
+
+async def test_autocomplete_modal_and_dm_interactions(fake: FakeDiscord, bot: DemoBot) -> None:
+    typing = await fake.autocomplete("model", {"name": "d"}, focused="name")
+    assert [c["value"] for c in (await typing.wait_for_response()).choices] == ["damo"]
+
+    form = await fake.invoke_slash("feedback")
+    assert (await form.wait_for_response()).kind == "modal"
+    submitted = await fake.submit_modal(form, {"feedback:text": "too slow"})
+    assert (await submitted.wait_for_response()).content == "thanks: too slow"
+
+    in_dm = await fake.invoke_slash("queue cancel", {"job": 3}, user=FakeUser(username="carol"), dm=True)
+    reply = await in_dm.wait_for_original()
+    assert reply.guild_id is None and reply.content == "cancelled job 3"
 
 
 async def test_channel_message_carries_a_large_attachment(fake: FakeDiscord, bot: DemoBot) -> None:
@@ -527,3 +594,15 @@ async def test_boost_tier_raises_the_upload_limit() -> None:
         finally:
             await stop_bot(bot, task)
             reset_discord_endpoint()
+
+
+async def test_zstd_stream_when_the_client_can_decompress_it(fake: FakeDiscord) -> None:
+    """discord.py asks for zstd-stream exactly when `zstandard` imports; it is not installed here."""
+    zstandard = pytest.importorskip("zstandard")
+    decompress = zstandard.ZstdDecompressor().decompressobj()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{fake.gateway_url}?v=10&encoding=json&compress=zstd-stream") as ws,
+    ):
+        hello = await ws.receive_bytes()
+        assert json.loads(decompress.decompress(hello))["op"] == 10
