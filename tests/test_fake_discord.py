@@ -312,6 +312,7 @@ async def test_slash_defer_then_followup_replaces_thinking_and_pings_nobody(
     assert result.allowed_mentions == {"parse": []}
     assert not result.pings()
     assert fake.messages(fake.guild.channel()) == [result]  # the follow-up became the reply
+    assert interaction.messages == [result] and interaction.followups == [result]
 
 
 async def test_options_are_checked_like_discord_unless_told_otherwise(
@@ -504,6 +505,11 @@ async def test_rest_replies_are_exact_json_with_rate_limit_headers(fake: FakeDis
             assert (response.status, (await response.json())["code"]) == (400, 50035)
         async with http.post(url, json={"content": ""}) as response:
             assert (response.status, (await response.json())["code"]) == (400, 50006)
+        commands = f"{fake.api_base}/applications/{fake.application_id}/commands"
+        async with http.put(commands, json=[{"name": "Imagine", "description": "d"}]) as response:
+            body = await response.json()
+            assert (response.status, body["code"]) == (400, 50035) and "0" in body["errors"]
+        assert fake.registered_commands() == []
         form = aiohttp.FormData()
         form.add_field("payload_json", json.dumps({"content": "raw", "attachments": [{"id": 0}]}))
         form.add_field("files[0]", b"\x89PNG", filename="a.png", content_type="application/octet-stream")

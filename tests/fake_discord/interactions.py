@@ -171,7 +171,8 @@ class FakeInteraction:
         """Messages this interaction created (its response and follow-ups), oldest first."""
         original = self.original
         created = [] if original is None or original.id == self.message_id else [original]
-        return created + self.followups
+        # the first follow-up after a deferred reply *is* that reply: list it once
+        return created + [m for m in self.followups if m not in created]
 
     @property
     def token_expired(self) -> bool:

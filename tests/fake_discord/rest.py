@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .commands import stored_command, validate_command
 from .gateway import Gateway, Intent
 from .interactions import FakeInteraction, InteractionResponse, InteractionType, ResponseType
 from .messages import (
@@ -40,7 +41,6 @@ from .state import DEFAULT_ERROR_MESSAGES, RecordedCall, State
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v10"
-COMMAND_NAME = re.compile(r"^[-_'\w]{1,32}$")
 
 
 class ApiError(Exception):
@@ -422,87 +422,6 @@ class RestApi:
             return guild_id, self.state.guild_commands.setdefault(guild_id, [])
         return None, self.state.global_commands
 
-    def _stored_command(self, guild_id: int | None, body: dict) -> dict:
-        command_type = int(body.get("type", 1))
-        stored = {
-            "type": command_type,
-            "name": body.get("name"),
-            "description": body.get("description", ""),
-            "options": body.get("options") or [],
-            "default_member_permissions": (
-                None
-                if body.get("default_member_permissions") is None
-                else str(body["default_member_permissions"])
-            ),
-            "dm_permission": body.get("dm_permission", True),
-            "contexts": body.get("contexts"),
-            "integration_types": body.get("integration_types", [0]),
-            "nsfw": bool(body.get("nsfw", False)),
-            "name_localizations": body.get("name_localizations"),
-            "description_localizations": body.get("description_localizations"),
-        }
-        stored["id"] = str(self.state.command_id(guild_id, command_type, stored["name"]))
-        stored["application_id"] = str(self.state.application_id)
-        stored["version"] = str(snowflake())
-        if guild_id is not None:
-            stored["guild_id"] = str(guild_id)
-        return stored
-
-    @staticmethod
-    def _validate_command(body: Any, errors: FormErrors, path: str) -> None:
-        if not isinstance(body, dict):
-            errors.add(path, "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType")
-            return
-        name = body.get("name")
-        command_type = body.get("type", 1)
-        if (
-            not isinstance(name, str)
-            or not COMMAND_NAME.match(name)
-            or (command_type == 1 and name != name.lower())
-        ):
-            errors.add(
-                f"{path}.name", "APPLICATION_COMMAND_INVALID_NAME", f"Command name is invalid: {name!r}"
-            )
-        if command_type == 1:
-            description = body.get("description")
-            if not isinstance(description, str) or not 1 <= len(description) <= 100:
-                errors.add(
-                    f"{path}.description", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
-                )
-        RestApi._validate_options(body.get("options") or [], errors, f"{path}.options")
-
-    @staticmethod
-    def _validate_options(options: list[dict], errors: FormErrors, path: str) -> None:
-        if len(options) > 25:
-            errors.add(path, "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
-        seen_optional = False
-        for i, option in enumerate(options):
-            where = f"{path}.{i}"
-            name = option.get("name")
-            if not isinstance(name, str) or not COMMAND_NAME.match(name) or name != name.lower():
-                errors.add(
-                    f"{where}.name", "APPLICATION_COMMAND_INVALID_NAME", f"Option name is invalid: {name!r}"
-                )
-            description = option.get("description")
-            if not isinstance(description, str) or not 1 <= len(description) <= 100:
-                errors.add(
-                    f"{where}.description", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
-                )
-            if len(option.get("choices") or []) > 25:
-                errors.add(f"{where}.choices", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
-            if option.get("type") in (1, 2):
-                RestApi._validate_options(option.get("options") or [], errors, f"{where}.options")
-                continue
-            if option.get("required"):
-                if seen_optional:
-                    errors.add(
-                        where,
-                        "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
-                        "Required options must be placed before non-required options",
-                    )
-            else:
-                seen_optional = True
-
     async def list_commands(self, incoming: Incoming) -> Any:
         _, commands = self._command_scope(incoming)
         return commands
@@ -514,21 +433,21 @@ class RestApi:
             raise ApiError(400, 50035, body={"code": 50035, "message": "Invalid Form Body", "errors": {}})
         errors = FormErrors()
         for i, command in enumerate(body):
-            self._validate_command(command, errors, str(i))
+            validate_command(command, errors, str(i))
         if len(body) > 100:
             errors.add("_", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer in length.")
         if errors:
             raise ApiError(400, 50035, body=errors.to_body())
-        commands[:] = [self._stored_command(guild_id, command) for command in body]
+        commands[:] = [stored_command(self.state, guild_id, command) for command in body]
         return commands
 
     async def upsert_command(self, incoming: Incoming) -> Any:
         guild_id, commands = self._command_scope(incoming)
         errors = FormErrors()
-        self._validate_command(incoming.body, errors, "_")
+        validate_command(incoming.body, errors, "_")
         if errors:
             raise ApiError(400, 50035, body=errors.to_body())
-        stored = self._stored_command(guild_id, incoming.body)
+        stored = stored_command(self.state, guild_id, incoming.body)
         commands[:] = [c for c in commands if c["id"] != stored["id"]] + [stored]
         return stored
 

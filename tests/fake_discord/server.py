@@ -607,4 +607,9 @@ class FakeDiscord:
             if found is None:
                 raise KeyError(f"no user {user}")
             return found
-        return FakeUser(username=user or "member")
+        name = user or "member"
+        for guild in self.guilds:
+            member = guild.member(name)
+            if member is not None:
+                return member.user
+        return FakeUser(username=name)
