@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 
@@ -233,9 +233,20 @@ class SQLiteStore(Store):
 
     name = "sqlite"
 
-    def __init__(self, *, path: str | Path, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        *,
+        path: str | Path,
+        busy_timeout_ms: int = 5000,
+        synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
+    ) -> None:
+        """`synchronous="FULL"` (the default, and what the bot uses) fsyncs every commit; the
+        others exist for throwaway test databases and for measuring what the fsync costs."""
+        if synchronous not in ("FULL", "NORMAL", "OFF"):
+            raise ValueError(f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous
         self._conn: aiosqlite.Connection | None = None  # every write, in autocommit
         self._reader: aiosqlite.Connection | None = None  # SELECTs, so reads never wait on an fsync
 
@@ -253,7 +264,7 @@ class SQLiteStore(Store):
         try:
             await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             mode = (await conn.execute_fetchall("PRAGMA journal_mode = WAL"))[0][0]
-            await conn.execute("PRAGMA synchronous = FULL")
+            await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             await self._migrate(conn)
         except BaseException:
             await conn.close()

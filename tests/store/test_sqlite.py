@@ -31,12 +31,18 @@ async def test_the_file_and_its_parent_dirs_are_created_in_wal_mode_with_full_sy
         assert path.exists()
         assert (await store._fetch("PRAGMA journal_mode"))[0][0] == "wal"
         assert (await store._fetch("PRAGMA synchronous"))[0][0] == 2  # FULL
+        assert (await store._reader.execute_fetchall("PRAGMA query_only"))[0][0] == 1  # type: ignore[union-attr]
         assert await store.schema_version() == sqlite_module.SCHEMA_VERSION
         await store.insert_job(make_job())
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 1
         versions = raw.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
         assert [v for (v,) in versions] == [m.version for m in sqlite_module.MIGRATIONS]
+
+
+def test_only_known_synchronous_modes_are_accepted(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteStore(path=tmp_path / "x.db", synchronous="SOMETIMES")  # type: ignore[arg-type]
 
 
 async def test_hot_queries_use_indexes_not_table_scans(tmp_path: Path) -> None:
