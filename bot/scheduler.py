@@ -178,15 +178,28 @@ class FairOrder:
         return users[user].jobs[0]
 
     def pop(self) -> Job | None:
-        """Remove and return the job that runs next (call :meth:`served` once it really starts)."""
+        """Remove and return the job that runs next (then call :meth:`served`)."""
         job = self.peek()
         if job is not None:
             self.remove(job.id)
         return job
 
-    def served(self, user_id: str, at: float) -> None:
-        """Record that `user_id` got a turn at `at` (a timestamp): back of the rotation."""
-        self._last_served[user_id] = max(at, self._last_served.get(user_id, -math.inf))
+    def served(self, user_id: str, at: float) -> float | None:
+        """Record that `user_id` got a turn at `at` (a timestamp): back of the rotation.
+
+        Call it right after :meth:`pop`, before any await, so no one ever sees the member's
+        next job with the old turn. Returns the previous value for :meth:`restore_served`.
+        """
+        previous = self._last_served.get(user_id)
+        self._last_served[user_id] = max(at, previous if previous is not None else -math.inf)
+        return previous
+
+    def restore_served(self, user_id: str, previous: float | None) -> None:
+        """Undo :meth:`served` (the job could not start after all)."""
+        if previous is None:
+            self._last_served.pop(user_id, None)
+        else:
+            self._last_served[user_id] = previous
 
     def forget_idle_users(self) -> None:
         """Drop "last served" of members with nothing waiting (their arrival time decides anyway)."""

@@ -1,0 +1,444 @@
+"""The GPU worker: one thread owns the pipelines and the device, and runs one request at a time.
+
+Whoever feeds it (the bot's in-process executor, a distributed worker process) hands it a
+:class:`WorkItem` and hears back through three callbacks, all called on worker threads, never
+on an event loop: ``on_start(job_id)``, ``on_step(job_id, StepInfo)`` and exactly one
+``on_done(WorkOutcome)`` per item. Forwarding those to a loop
+(`loop.call_soon_threadsafe`) is the caller's business, which keeps this module free of asyncio
+and of anything Discord.
+
+What it guarantees, as arq's worker does for its jobs:
+
+- **cancel** (:meth:`GPUWorker.cancel`) takes effect at the next denoising step: a running
+  diffusers call cannot be interrupted from outside, so the step callback checks a flag;
+- **timeout**: a run past ``job_timeout_s`` is cancelled at its next step;
+- **watchdog**: a separate thread notices a step that does not come back within
+  ``step_watchdog_s``. Such a job is failed at that deadline, the hung thread is abandoned (Python
+  cannot kill a thread; it is a daemon and anything it reports later is dropped) and a fresh
+  thread with a fresh :class:`PipelineManager` from the factory serves the next job;
+- **out of memory**: ``torch.cuda.OutOfMemoryError`` frees memory, lowers the model's memory
+  mode (`PipelineManager.downgrade_memory`) and retries, once per leaner mode; when no leaner
+  mode is left the job fails with a message for the member, and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from generation.errors import GenerationCancelled, UserError
+from generation.params import GenerationRequest
+from generation.pipelines import GenerationOutput, PipelineManager, StepInfo
+
+log = logging.getLogger(__name__)
+
+Status = Literal["complete", "failed", "cancelled", "timeout"]
+
+OOM_MESSAGE = (
+    "The GPU ran out of memory, even in its leanest memory mode. "
+    "Try a smaller size, fewer frames or fewer steps."
+)
+CRASH_MESSAGE = "Something went wrong while generating (job {job_id}); the admins can find it in the log."
+
+
+class WorkerBusy(RuntimeError):
+    """`submit` while a job is running or waiting: the feeder must respect the one slot."""
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    job_id: str
+    request: GenerationRequest
+    #: overrides the worker's `job_timeout_s` for this job
+    timeout_s: float | None = None
+
+
+@dataclass
+class WorkOutcome:
+    """How one item ended. `error` is safe to show the member; `exception` is for the log."""
+
+    job_id: str
+    status: Status
+    output: GenerationOutput | None = None
+    error: str | None = None
+    #: seconds the device spent on this job (generation and OOM retries; model loading excluded)
+    gpu_seconds: float = 0.0
+    load_s: float = 0.0
+    #: memory modes tried, in order (more than one after an out-of-memory retry)
+    memory_modes: list[str] = field(default_factory=list)
+    oom_retries: int = 0
+    exception: BaseException | None = None
+    worker_id: str = ""
+
+
+@dataclass
+class _Thread:
+    """One worker thread's identity; `abandoned` once the watchdog gave up on it."""
+
+    number: int
+    inbox: queue.SimpleQueue[WorkItem | None]
+    abandoned: bool = False
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class _Run:
+    item: WorkItem
+    owner: _Thread
+    timeout_s: float
+    started: float
+    last_activity: float
+    phase: Literal["load", "run"] = "load"
+    cancel_reason: Literal["cancelled", "timeout"] | None = None
+    step: int = 0
+    total: int = 0
+    gen_started: float | None = None
+    gpu_seconds: float = 0.0
+    done: bool = False
+
+
+class GPUWorker:
+    """One GPU, one job at a time, on a dedicated thread, with a watchdog thread beside it.
+
+    `manager_factory` is called on the worker thread (weights load on the thread that owns the
+    device) when it starts, and again after a hang; `manager` may be given instead for the
+    first thread (a test's shared manager, or one the caller already warmed up).
+    """
+
+    def __init__(
+        self,
+        *,
+        manager_factory: Callable[[], PipelineManager] | None = None,
+        manager: PipelineManager | None = None,
+        job_timeout_s: float,
+        step_watchdog_s: float,
+        on_start: Callable[[str], None] | None = None,
+        on_step: Callable[[str, StepInfo], None] | None = None,
+        on_done: Callable[[WorkOutcome], None],
+        name: str = "gpu",
+        preload: tuple[str, ...] = (),
+    ) -> None:
+        if manager_factory is None and manager is None:
+            raise ValueError("GPUWorker needs a manager or a manager_factory")
+        if manager_factory is None:
+            assert manager is not None
+            settings, registry = manager.settings, manager.registry
+            manager_factory = lambda: PipelineManager(settings, registry)  # noqa: E731
+        self._factory = manager_factory
+        self._first_manager = manager
+        self.job_timeout_s = job_timeout_s
+        self.step_watchdog_s = step_watchdog_s
+        self._on_start = on_start
+        self._on_step = on_step
+        self._on_done = on_done
+        self.name = name
+        self._preload = preload
+        self._lock = threading.Lock()
+        self._current: _Thread | None = None
+        self._run: _Run | None = None
+        self._pending: WorkItem | None = None
+        self._cancel_pending: set[str] = set()
+        self._numbers = itertools.count(1)
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._manager: PipelineManager | None = None
+        self._ready = threading.Event()
+        self.jobs_done = 0
+        self.restarts = 0
+        self.last_heartbeat = time.monotonic()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._watchdog is not None:
+            raise RuntimeError("GPUWorker already started")
+        self._spawn(self._first_manager)
+        self._watchdog = threading.Thread(target=self._watch, name=f"{self.name}-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the worker thread has its pipeline manager (and preloaded models)."""
+        return self._ready.wait(timeout)
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Stop after the current job (if any); True when the thread ended within `timeout`."""
+        self._stop.set()
+        with self._lock:
+            current = self._current
+        if current is None:
+            return True
+        current.inbox.put(None)
+        if current.thread is not None:
+            current.thread.join(timeout)
+            return not current.thread.is_alive()
+        return True
+
+    @property
+    def manager(self) -> PipelineManager | None:
+        """The current thread's pipeline manager (None until it is built)."""
+        return self._manager
+
+    @property
+    def alive(self) -> bool:
+        with self._lock:
+            current = self._current
+        return bool(current and current.thread and current.thread.is_alive() and not self._stop.is_set())
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._run is not None or self._pending is not None
+
+    @property
+    def current_job_id(self) -> str | None:
+        with self._lock:
+            if self._run is not None:
+                return self._run.item.job_id
+            return self._pending.job_id if self._pending is not None else None
+
+    def progress(self) -> tuple[int, int] | None:
+        with self._lock:
+            run = self._run
+            return None if run is None else (run.step, run.total)
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def submit(self, item: WorkItem) -> None:
+        """Hand over one item; raises WorkerBusy unless the worker is idle."""
+        with self._lock:
+            if self._stop.is_set() or self._current is None:
+                raise RuntimeError("GPUWorker is not running")
+            if self._run is not None or self._pending is not None:
+                raise WorkerBusy(f"worker {self.name} is busy")
+            self._pending = item
+            self._current.inbox.put(item)
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask the job to stop at its next step; False if this worker does not have it."""
+        with self._lock:
+            if self._run is not None and self._run.item.job_id == job_id:
+                if self._run.cancel_reason is None:
+                    self._run.cancel_reason = "cancelled"
+                return True
+            if self._pending is not None and self._pending.job_id == job_id:
+                self._cancel_pending.add(job_id)
+                return True
+        return False
+
+    # -- the worker thread -----------------------------------------------------------------
+
+    def _spawn(self, manager: PipelineManager | None) -> None:
+        me = _Thread(number=next(self._numbers), inbox=queue.SimpleQueue())
+        me.thread = threading.Thread(
+            target=self._main, args=(me, manager), name=f"{self.name}-{me.number}", daemon=True
+        )
+        with self._lock:
+            self._current = me
+        me.thread.start()
+
+    def _main(self, me: _Thread, manager: PipelineManager | None) -> None:
+        try:
+            if manager is None:
+                manager = self._factory()
+            for model_id in self._preload:
+                manager.load(model_id)
+        except Exception as exc:
+            log.exception("worker %s could not build its pipeline manager", self.name)
+            startup_error: BaseException | None = exc
+        else:
+            startup_error = None
+            self._manager = manager
+        self._ready.set()
+        while True:
+            item = me.inbox.get()
+            if item is None or me.abandoned:
+                return
+            now = time.monotonic()
+            run = _Run(
+                item=item,
+                owner=me,
+                timeout_s=item.timeout_s if item.timeout_s is not None else self.job_timeout_s,
+                started=now,
+                last_activity=now,
+            )
+            with self._lock:
+                if me.abandoned:
+                    return
+                self._run = run
+                self._pending = None
+                if item.job_id in self._cancel_pending:
+                    self._cancel_pending.discard(item.job_id)
+                    run.cancel_reason = "cancelled"
+            self.last_heartbeat = now
+            if startup_error is not None or manager is None:
+                outcome = WorkOutcome(
+                    job_id=item.job_id,
+                    status="failed",
+                    error=getattr(startup_error, "message", None) or CRASH_MESSAGE.format(job_id=item.job_id),
+                    exception=startup_error,
+                )
+            else:
+                self._call(self._on_start, item.job_id)
+                outcome = self._execute(manager, run)
+            outcome.worker_id = f"{self.name}-{me.number}"
+            with self._lock:
+                if run.done:  # the watchdog already failed this job and replaced this thread
+                    log.warning(
+                        "abandoned worker thread %s finished job %s late; dropped", me.number, item.job_id
+                    )
+                    return
+                run.done = True
+                self._run = None
+                self.jobs_done += 1
+            self.last_heartbeat = time.monotonic()
+            self._call(self._on_done, outcome)
+
+    def _execute(self, manager: PipelineManager, run: _Run) -> WorkOutcome:
+        item = run.item
+        request = item.request
+        outcome = WorkOutcome(job_id=item.job_id, status="failed")
+
+        def should_cancel() -> bool:
+            return run.cancel_reason is not None or run.owner.abandoned
+
+        def on_step(info: StepInfo) -> None:
+            now = time.monotonic()
+            run.last_activity = now
+            self.last_heartbeat = now
+            run.step, run.total = info.step, info.total
+            if self._on_step is not None:
+                self._call(self._on_step, item.job_id, info)
+
+        try:
+            if should_cancel():
+                raise GenerationCancelled("Cancelled before it started.")
+            t0 = time.monotonic()
+            manager.load(request.model)
+            outcome.load_s = time.monotonic() - t0
+            outcome.memory_modes.append(manager.memory_mode(request.model))
+            run.phase = "run"
+            while True:
+                t = time.monotonic()
+                run.last_activity = run.gen_started = t
+                run.total = request.steps
+                try:
+                    output = manager.run(request, on_step=on_step, should_cancel=should_cancel)
+                except torch.cuda.OutOfMemoryError as exc:
+                    outcome.gpu_seconds += time.monotonic() - t
+                    _free_memory()
+                    lower = manager.downgrade_memory(request.model)
+                    log.warning(
+                        "job %s: out of GPU memory in mode %s; %s",
+                        item.job_id,
+                        outcome.memory_modes[-1],
+                        f"retrying in {lower}" if lower else "no leaner mode left",
+                    )
+                    if lower is None:
+                        outcome.error = OOM_MESSAGE
+                        outcome.exception = exc
+                        return outcome
+                    outcome.memory_modes.append(lower)
+                    outcome.oom_retries += 1
+                    continue
+                outcome.gpu_seconds += time.monotonic() - t
+                outcome.status = "complete"
+                outcome.output = output
+                return outcome
+        except GenerationCancelled as exc:
+            outcome.gpu_seconds += _since(run.gen_started) if outcome.status != "complete" else 0.0
+            if run.cancel_reason == "timeout":
+                outcome.status = "timeout"
+                outcome.error = f"The job ran past the {run.timeout_s:g} s time limit and was stopped."
+            else:
+                outcome.status = "cancelled"
+                outcome.error = exc.message
+            return outcome
+        except UserError as exc:
+            outcome.error = exc.message
+            outcome.exception = exc
+            return outcome
+        except Exception as exc:
+            log.exception("job %s failed on worker %s", item.job_id, self.name)
+            outcome.error = CRASH_MESSAGE.format(job_id=item.job_id)
+            outcome.exception = exc
+            return outcome
+
+    # -- the watchdog ----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        tick = max(0.02, min(0.5, self.step_watchdog_s / 5, self.job_timeout_s / 5))
+        while not self._stop.wait(tick):
+            with self._lock:
+                run = self._run
+            if run is None or run.done:
+                continue
+            now = time.monotonic()
+            if run.cancel_reason is None and now - run.started > run.timeout_s:
+                log.warning(
+                    "job %s ran past %.1fs: stopping it at the next step", run.item.job_id, run.timeout_s
+                )
+                run.cancel_reason = "timeout"
+            # loading may legitimately take long (a first download); steps may not
+            limit = self.step_watchdog_s if run.phase == "run" else max(run.timeout_s, self.step_watchdog_s)
+            if now - run.last_activity > limit:
+                self._abandon(run, now)
+
+    def _abandon(self, run: _Run, now: float) -> None:
+        with self._lock:
+            if run.done:
+                return
+            run.done = True
+            run.owner.abandoned = True
+            self._run = None
+            self.restarts += 1
+        what = "a generation step" if run.phase == "run" else "loading the model"
+        log.error(
+            "job %s: %s did not return within %.0fs; abandoning worker thread %d and starting a fresh one",
+            run.item.job_id,
+            what,
+            now - run.last_activity,
+            run.owner.number,
+        )
+        outcome = WorkOutcome(
+            job_id=run.item.job_id,
+            status="timeout",
+            error=(
+                f"The GPU stopped responding ({what} took over {self.step_watchdog_s:g} s); "
+                "the job was stopped and the worker restarted."
+            ),
+            gpu_seconds=_since(run.gen_started),
+            worker_id=f"{self.name}-{run.owner.number}",
+        )
+        if not self._stop.is_set():
+            self._ready.clear()
+            self._spawn(None)
+        self._call(self._on_done, outcome)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., None] | None, *args: object) -> None:
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("worker %s: callback %s failed", self.name, getattr(fn, "__name__", fn))
+
+
+def _since(t: float | None) -> float:
+    return 0.0 if t is None else time.monotonic() - t
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
