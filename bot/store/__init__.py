@@ -19,6 +19,7 @@ from bot.store.base import (
     StoreUnavailable,
     Usage,
     UserRecord,
+    UserUsage,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ __all__ = [
     "StoreUnavailable",
     "Usage",
     "UserRecord",
+    "UserUsage",
     "create_store",
     "mongo_db_name",
     "sqlite_path",

@@ -127,6 +127,15 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class UserUsage:
+    """One member's requests and GPU time in a window (the admin stats' top users)."""
+
+    user_id: str
+    jobs: int
+    gpu_seconds: float
+
+
+@dataclass(frozen=True)
 class ModelStats:
     model: str
     kind: str
@@ -317,6 +326,12 @@ class Store(ABC):
     @abstractmethod
     async def model_stats(self, *, since: datetime | None = None) -> list[ModelStats]:
         """Per (model, kind), sorted by model then kind."""
+
+    @abstractmethod
+    async def top_users(
+        self, *, since: datetime, limit: int = 10, guild_id: str | None = None
+    ) -> list[UserUsage]:
+        """Members by GPU seconds used on requests created since `since` (then by request count)."""
 
     # --- users
 

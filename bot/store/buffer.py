@@ -34,6 +34,7 @@ from bot.store.base import (
     StoreUnavailable,
     Usage,
     UserRecord,
+    UserUsage,
     check_job_changes,
 )
 
@@ -277,6 +278,11 @@ class BufferedStore(Store):
 
     async def model_stats(self, *, since: datetime | None = None) -> list[ModelStats]:
         return await self.inner.model_stats(since=since)
+
+    async def top_users(
+        self, *, since: datetime, limit: int = 10, guild_id: str | None = None
+    ) -> list[UserUsage]:
+        return await self.inner.top_users(since=since, limit=limit, guild_id=guild_id)
 
     async def get_user(self, user_id: str) -> UserRecord:
         return await self.inner.get_user(user_id)

@@ -45,6 +45,7 @@ from bot.store.base import (
     StoreUnavailable,
     Usage,
     UserRecord,
+    UserUsage,
     check_guild_changes,
     check_job_changes,
     remove_files,
@@ -468,6 +469,26 @@ class MongoStore(Store):
             for r in rows
         ]
         return sorted(stats, key=lambda s: (s.model, s.kind))
+
+    async def top_users(
+        self, *, since: datetime, limit: int = 10, guild_id: str | None = None
+    ) -> list[UserUsage]:
+        if limit <= 0:
+            return []
+        match: dict[str, Any] = {"created_at": {"$gte": _to_bson_time(since)}}
+        if guild_id is not None:
+            match["guild_id"] = guild_id
+        pipeline = [
+            {"$match": match},
+            {"$group": {"_id": "$user_id", "jobs": {"$sum": 1}, "gpu": {"$sum": "$gpu_seconds"}}},
+            {"$sort": {"gpu": DESCENDING, "jobs": DESCENDING, "_id": ASCENDING}},
+            {"$limit": limit},
+        ]
+        async with self._guard():
+            rows = await self._aggregate(self.jobs, pipeline)
+        return [
+            UserUsage(user_id=r["_id"], jobs=int(r["jobs"]), gpu_seconds=float(r["gpu"] or 0.0)) for r in rows
+        ]
 
     # ----------------------------------------------------------------- users
 

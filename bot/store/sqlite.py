@@ -38,6 +38,7 @@ from bot.store.base import (
     StoreUnavailable,
     Usage,
     UserRecord,
+    UserUsage,
     check_guild_changes,
     check_job_changes,
     remove_files,
@@ -522,6 +523,20 @@ class SQLiteStore(Store):
             )
             for r in rows
         ]
+
+    async def top_users(
+        self, *, since: datetime, limit: int = 10, guild_id: str | None = None
+    ) -> list[UserUsage]:
+        where, params = "created_at >= ?", [to_ms(since)]
+        if guild_id is not None:
+            where += " AND guild_id = ?"
+            params.append(guild_id)
+        rows = await self._fetch(
+            "SELECT user_id, COUNT(*) AS jobs, COALESCE(SUM(gpu_seconds), 0.0) AS gpu FROM jobs "
+            f"WHERE {where} GROUP BY user_id ORDER BY gpu DESC, jobs DESC, user_id LIMIT ?",
+            (*params, limit),
+        )
+        return [UserUsage(user_id=r[0], jobs=r[1], gpu_seconds=float(r[2])) for r in rows]
 
     # ----------------------------------------------------------------- users
 

@@ -355,6 +355,36 @@ async def test_model_stats_per_model_and_kind(store: Store) -> None:
     assert await store.model_stats(since=T0 + timedelta(days=1)) == []
 
 
+async def test_top_users_by_gpu_seconds_then_requests(store: Store) -> None:
+    plan = [  # (user, guild, gpu seconds, created)
+        ("a", "g1", 10.0, T0),
+        ("a", "g2", 5.0, T0),
+        ("b", "g1", 20.0, T0),
+        ("c", "g1", None, T0),
+        ("c", "g1", None, T0),
+        ("d", "g1", None, T0),
+        ("e", "g1", 99.0, T0 - timedelta(days=3)),  # too old
+    ]
+    for user, guild, gpu, created in plan:
+        job = make_job(user_id=user, guild_id=guild, created_at=created)
+        await store.insert_job(job)
+        if gpu is not None:
+            await store.finish_job(job.id, owner=None, state=JobState.COMPLETE, gpu_seconds=gpu)
+
+    since = T0 - timedelta(days=1)
+    top = await store.top_users(since=since)
+    assert [(u.user_id, u.jobs, u.gpu_seconds) for u in top] == [
+        ("b", 1, 20.0),
+        ("a", 2, 15.0),
+        ("c", 2, 0.0),
+        ("d", 1, 0.0),
+    ]
+    assert [u.user_id for u in await store.top_users(since=since, limit=2)] == ["b", "a"]
+    in_g2 = await store.top_users(since=since, guild_id="g2")
+    assert [(u.user_id, u.jobs, u.gpu_seconds) for u in in_g2] == [("a", 1, 5.0)]
+    assert await store.top_users(since=T0 + timedelta(days=1)) == []
+
+
 # --------------------------------------------------------------------------- users
 
 
