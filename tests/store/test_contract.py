@@ -118,6 +118,13 @@ async def test_lone_surrogates_are_replaced_instead_of_failing_the_write(store: 
     assert got is not None and got.prompt == "broken \ufffd half"
 
 
+async def test_a_nul_that_slipped_past_validation_does_not_break_anything(store: Store) -> None:
+    job = make_job(prompt="before\x00after", params={"note": "a\x00b"})
+    await store.insert_job(job)
+    got = await store.get_job(job.id)
+    assert got is not None and got.prompt == "before\x00after" and got.params == {"note": "a\x00b"}
+
+
 # --------------------------------------------------------------------------- updates and leases
 
 
