@@ -24,21 +24,18 @@ from bot.web.auth import ApiCaller
 from bot.web.errors import ApiError
 from bot.web.keys import CALLER_KEY, KEYS_KEY, QUEUE_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
 from bot.web.media import media_type
-from bot.web.openapi import openapi_handler
+from bot.web.openapi import ASPECT_VALUES, FIELD_TYPES, openapi_handler, request_fields
 from generation.errors import InvalidRequest
 from generation.models import default_model_id, get_spec
-from generation.params import validate_request
+from generation.params import MAX_PROMPT_CHARS, validate_request
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 #: image shapes offered by /imagine's `aspect` option (width:height)
-ASPECTS: dict[str, tuple[int, int]] = {
-    "square": (1, 1),
-    "portrait": (2, 3),
-    "landscape": (3, 2),
-    "wide": (16, 9),
-}
+ASPECTS: dict[str, tuple[int, int]] = dict(
+    zip(ASPECT_VALUES, ((1, 1), (2, 3), (3, 2), (16, 9)), strict=True)  # square, portrait, landscape, wide
+)
 
 
 def add_routes(app: web.Application) -> None:
@@ -112,7 +109,54 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+_JSON_NAMES = {"string": "text", "integer": "a whole number", "number": "a number"}
+
+
+def _check_body(kind: str, body: dict[str, Any]) -> None:
+    """Exact field names and JSON types, as the OpenAPI document states them.
+
+    `validate_request` also accepts numbers written as strings and a few aliases (handy for
+    the CLI); a JSON API should not, so that what the document calls invalid is refused.
+    """
+    allowed = request_fields(kind)
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown parameter(s) {', '.join(u[:40] for u in unknown[:5])} for a {kind}; "
+            f"allowed: {', '.join(allowed)}."
+        )
+    for name, value in body.items():
+        if value is None:
+            continue
+        expected = FIELD_TYPES[name]
+        if expected == "string":
+            ok = isinstance(value, str)
+            if ok and len(value) > MAX_PROMPT_CHARS:  # before cleaning, as the document counts
+                raise InvalidRequest(
+                    f"{name} is {len(value)} characters long; the most allowed is {MAX_PROMPT_CHARS}."
+                )
+        elif isinstance(value, bool):
+            ok = False
+        elif expected == "integer":
+            ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        else:
+            ok = isinstance(value, int | float)
+        if not ok:
+            raise InvalidRequest(f"{name} must be {_JSON_NAMES[expected]}, not {_json_type(value)}.")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, int | float):
+        return "a number with a fraction" if isinstance(value, float) else "a number"
+    return "a list" if isinstance(value, list) else "an object"
+
+
 def _build_job(request: web.Request, *, caller: ApiCaller, kind: str, body: dict[str, Any]) -> Job:
+    _check_body(kind, body)
     settings = request.app[SETTINGS_KEY]
     registry = request.app[REGISTRY_KEY]
     raw = dict(body)

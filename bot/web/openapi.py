@@ -29,12 +29,12 @@ ERROR_CODES_DOC = (
 
 async def openapi_handler(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
-    doc = build_openapi(request.app[REGISTRY_KEY], public_url=settings.public_url)
+    doc = build_openapi(
+        request.app[REGISTRY_KEY],
+        default_ids={"image": settings.image_model, "video": settings.video_model},
+        public_url=settings.public_url,
+    )
     return web.json_response(doc)
-
-
-def _span(specs: list[ModelSpec], lo: str, hi: str) -> tuple[Any, Any]:
-    return min(getattr(s, lo) for s in specs), max(getattr(s, hi) for s in specs)
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -42,44 +42,73 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "type": [kind, "null"]}
 
 
-def _request_schema(kind: str, specs: list[ModelSpec]) -> dict[str, Any]:
-    if not specs:  # a registry without models of this kind: the endpoint answers 400 for any model
-        specs_for_bounds = [
-            ModelSpec(
-                id="none",
-                repo_id="none",
-                pipeline="none",
-                kind=kind,  # type: ignore[arg-type]
-                default_width=64,
-                default_height=64,
-                max_width=64,
-                max_height=64,
-            )
-        ]
-    else:
-        specs_for_bounds = specs
-    wlo, whi = _span(specs_for_bounds, "min_width", "max_width")
-    hlo, hhi = _span(specs_for_bounds, "min_height", "max_height")
-    slo, shi = _span(specs_for_bounds, "min_steps", "max_steps")
-    glo, ghi = _span(specs_for_bounds, "min_guidance", "max_guidance")
+#: JSON type of every request field, shared with the API's strict body check
+FIELD_TYPES: dict[str, str] = {
+    "prompt": "string",
+    "negative_prompt": "string",
+    "model": "string",
+    "seed": "integer",
+    "steps": "integer",
+    "guidance": "number",
+    "width": "integer",
+    "height": "integer",
+    "aspect": "string",
+    "frames": "integer",
+    "fps": "integer",
+}
+ASPECT_VALUES = ("square", "portrait", "landscape", "wide")
+# at least one character that is neither whitespace nor a control character (those are removed)
+PROMPT_PATTERN = r"[^\s\x00-\x1f\x7f-\x9f]"
+
+
+def request_fields(kind: str) -> tuple[str, ...]:
+    common = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height")
+    return (*common, "aspect") if kind == "image" else (*common, "frames", "fps")
+
+
+def _limits(spec: ModelSpec) -> dict[str, Any]:
+    """The per-model bounds of a request, as JSON Schema properties."""
+    out: dict[str, Any] = {
+        "steps": _nullable({"type": "integer", "minimum": spec.min_steps, "maximum": spec.max_steps}),
+        "guidance": _nullable({"type": "number", "minimum": spec.min_guidance, "maximum": spec.max_guidance}),
+        "width": _nullable(
+            {"type": "integer", "minimum": spec.min_width, "maximum": spec.max_width, "multipleOf": 8}
+        ),
+        "height": _nullable(
+            {"type": "integer", "minimum": spec.min_height, "maximum": spec.max_height, "multipleOf": 8}
+        ),
+    }
+    if spec.kind == "video":
+        out["frames"] = _nullable({"type": "integer", "minimum": spec.min_frames, "maximum": spec.max_frames})
+        out["fps"] = _nullable({"type": "integer", "minimum": spec.min_fps, "maximum": spec.max_fps})
+    return out
+
+
+def _request_schema(kind: str, specs: list[ModelSpec], default_id: str | None) -> dict[str, Any]:
+    """Common fields, plus one `anyOf` branch per model with that model's own limits.
+
+    Leaving `model` out (or null) selects the default model, so the default's branch accepts a
+    missing model while every other branch requires its id: a schema-valid request is one the
+    server accepts, which schemathesis checks.
+    """
+    ids = [s.id for s in specs]
     props: dict[str, Any] = {
         "prompt": {
             "type": "string",
             "minLength": 1,
             "maxLength": MAX_PROMPT_CHARS,
-            "pattern": r"\S",
+            "pattern": PROMPT_PATTERN,
             "description": "What to generate. Control characters are removed; surrounding spaces trimmed.",
         },
         "negative_prompt": _nullable(
             {"type": "string", "maxLength": MAX_PROMPT_CHARS, "description": "What to avoid."}
         ),
-        "model": _nullable(
-            {
-                "type": "string",
-                "description": f"Model id; default IMAGE_MODEL / VIDEO_MODEL. Known {kind} models: "
-                + ", ".join(s.id for s in specs),
-            }
-        ),
+        "model": {
+            "enum": [*ids, None],
+            "description": f"Model id; null or absent: the default {kind} model"
+            + (f" ({default_id})" if default_id else "")
+            + ". Each model has its own limits (see anyOf).",
+        },
         "seed": _nullable(
             {
                 "type": "integer",
@@ -88,45 +117,38 @@ def _request_schema(kind: str, specs: list[ModelSpec]) -> dict[str, Any]:
                 "description": "Omit for a random seed; the job reports the seed used.",
             }
         ),
-        "steps": _nullable(
-            {
-                "type": "integer",
-                "minimum": slo,
-                "maximum": shi,
-                "description": "Denoising steps (the model's own limits apply).",
-            }
-        ),
-        "guidance": _nullable(
-            {
-                "type": "number",
-                "minimum": glo,
-                "maximum": ghi,
-                "description": "Classifier-free guidance scale.",
-            }
-        ),
-        "width": _nullable({"type": "integer", "minimum": wlo, "maximum": whi, "multipleOf": 8}),
-        "height": _nullable({"type": "integer", "minimum": hlo, "maximum": hhi, "multipleOf": 8}),
+        "steps": _nullable({"type": "integer", "description": "Denoising steps."}),
+        "guidance": _nullable({"type": "number", "description": "Classifier-free guidance scale."}),
+        "width": _nullable({"type": "integer", "multipleOf": 8}),
+        "height": _nullable({"type": "integer", "multipleOf": 8}),
     }
     if kind == "image":
-        props["aspect"] = _nullable(
-            {
-                "type": "string",
-                "enum": ["square", "portrait", "landscape", "wide", None],
-                "description": "Shape at about the model's default pixel count; "
-                "ignored when width or height is given.",
-            }
-        )
+        props["aspect"] = {
+            "enum": [*ASPECT_VALUES, None],
+            "description": "Shape at about the model's default pixel count; "
+            "ignored when width or height is given.",
+        }
     else:
-        flo, fhi = _span(specs_for_bounds, "min_frames", "max_frames")
-        plo, phi = _span(specs_for_bounds, "min_fps", "max_fps")
-        props["frames"] = _nullable({"type": "integer", "minimum": flo, "maximum": fhi})
-        props["fps"] = _nullable({"type": "integer", "minimum": plo, "maximum": phi})
-    return {
+        props["frames"] = _nullable({"type": "integer", "description": "Number of frames."})
+        props["fps"] = _nullable({"type": "integer", "description": "Frames per second of the MP4."})
+    branches = []
+    for spec in specs:
+        limits = _limits(spec)
+        if spec.id == default_id:
+            branch = {"properties": {"model": {"enum": [spec.id, None]}, **limits}}
+        else:
+            branch = {"required": ["model"], "properties": {"model": {"const": spec.id}, **limits}}
+        branch["title"] = spec.id + (" (default)" if spec.id == default_id else "")
+        branches.append(branch)
+    schema: dict[str, Any] = {
         "type": "object",
         "required": ["prompt"],
         "additionalProperties": False,
         "properties": props,
     }
+    # no models of this kind: nothing can be valid, which `not: {}` says
+    schema["anyOf"] = branches or [{"not": {}}]
+    return schema
 
 
 def _error_response(description: str) -> dict[str, Any]:
@@ -180,7 +202,14 @@ def _file_responses(extra: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_openapi(registry: Mapping[str, ModelSpec], *, public_url: str | None = None) -> dict[str, Any]:
+def build_openapi(
+    registry: Mapping[str, ModelSpec],
+    *,
+    default_ids: Mapping[str, str] | None = None,
+    public_url: str | None = None,
+) -> dict[str, Any]:
+    """The document; `default_ids` maps kind -> the model used when a request names none."""
+    default_ids = default_ids or {}
     image_specs = [s for s in registry.values() if s.kind == "image"]
     video_specs = [s for s in registry.values() if s.kind == "video"]
     submit_errors = {
@@ -468,8 +497,8 @@ def build_openapi(registry: Mapping[str, ModelSpec], *, public_url: str | None =
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An API key from API_KEYS."}
             },
             "schemas": {
-                "ImageRequest": _request_schema("image", image_specs),
-                "VideoRequest": _request_schema("video", video_specs),
+                "ImageRequest": _request_schema("image", image_specs, default_ids.get("image")),
+                "VideoRequest": _request_schema("video", video_specs, default_ids.get("video")),
                 "Job": job_schema,
                 "Queue": queue_schema,
                 "Health": {
