@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ def _human_size(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from generation.media import encode_mp4, encode_png, fit_to_size
+    from generation.media import encode_output
     from generation.models import build_registry, default_model_id, get_spec
     from generation.params import validate_request
     from generation.pipelines import PipelineManager, StepInfo
@@ -107,21 +106,18 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
 
-    t0 = time.perf_counter()
+    encoded = encode_output(
+        output,
+        max_bytes=getattr(args, "max_bytes", None),
+        crf=getattr(args, "crf", 23),
+        extra_metadata={"software": "imagine-bot"},
+    )
+    data = encoded.data
     extra = ""
-    if output.images is not None:
-        data = encode_png(output.images[0], {**request.to_dict(), "software": "imagine-bot"})
-    else:
-        assert output.frames is not None
-        data = encode_mp4(output.frames, fps=request.fps, crf=args.crf)
-        if args.max_bytes:
-            fit = fit_to_size(
-                output.frames, fps=request.fps, max_bytes=args.max_bytes, crf=args.crf, first=data
-            )
-            data = fit.data
-            if fit.passes:
-                extra = f" (fitted: crf {fit.crf}, scale {fit.scale:.2f}, {fit.passes} re-encodes)"
-    encode_s = time.perf_counter() - t0
+    if encoded.fit is not None and (encoded.fit.crf != args.crf or encoded.fit.scale != 1.0):
+        fit = encoded.fit
+        extra = f" (fitted: crf {fit.crf}, scale {fit.scale:.2f}, {fit.passes} re-encodes)"
+    encode_s = encoded.encode_s
     output_path.parent.mkdir(parents=True, exist_ok=True)
     output_path.write_bytes(data)
 

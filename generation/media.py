@@ -23,10 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+
+if TYPE_CHECKING:
+    from generation.pipelines import GenerationOutput
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +282,28 @@ def fit_to_size(
     return best
 
 
+def decode_mp4(path: str | Path) -> tuple[list[np.ndarray], float]:
+    """Frames (uint8 HxWx3) and frame rate of an MP4 we wrote, to re-encode it smaller."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    try:
+        meta = reader.__next__()
+        width, height = meta["size"]
+        frames = [np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3) for raw in reader]
+    finally:
+        reader.close()
+    if not frames:
+        raise EncodeError(f"{path} holds no video frames")
+    return frames, float(meta.get("fps") or 8)
+
+
+def fit_file_to_size(path: str | Path, *, max_bytes: int) -> FitResult:
+    """`fit_to_size` for a finished MP4 on disk (delivery learns the upload limit only then)."""
+    frames, fps = decode_mp4(path)
+    return fit_to_size(frames, fps=fps, max_bytes=max_bytes)
+
+
 def poster_frame(frames: Sequence[np.ndarray] | np.ndarray, *, quality: int = 85) -> bytes:
     """JPEG of the middle frame: a still for embeds and for clients that do not autoplay."""
     items = list(frames)
@@ -288,6 +313,80 @@ def poster_frame(frames: Sequence[np.ndarray] | np.ndarray, *, quality: int = 85
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="JPEG", quality=quality, optimize=True)
     return buf.getvalue()
+
+
+# -- one call for the worker ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedMedia:
+    """A finished file ready to upload or serve, with what it took to make it."""
+
+    data: bytes
+    filename: str
+    content_type: str
+    #: JPEG still for embeds (videos only)
+    poster: bytes | None
+    #: how the video was squeezed under `max_bytes` (None when no limit was given)
+    fit: FitResult | None
+    encode_s: float
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+def encode_output(
+    output: GenerationOutput,
+    *,
+    max_bytes: int | None = None,
+    crf: int = DEFAULT_CRF,
+    preset: str = DEFAULT_PRESET,
+    extra_metadata: Mapping[str, Any] | None = None,
+) -> EncodedMedia:
+    """PNG (parameters embedded) or MP4 (+ poster) for a pipeline output; records `encode` timing.
+
+    With `max_bytes`, a video is re-encoded to fit (`DoesNotFit` if it cannot); an image PNG
+    over the limit falls back to a high-quality JPEG, then raises `DoesNotFit`.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    request = output.request
+    stem = f"{request.kind}-{request.seed}"
+    fit: FitResult | None = None
+    poster: bytes | None = None
+    if output.images is not None:
+        metadata = {**request.to_dict(), **(extra_metadata or {})}
+        data = encode_png(output.images[0], metadata)
+        filename, content_type = f"{stem}.png", "image/png"
+        if max_bytes is not None and len(data) > max_bytes:
+            for quality in (92, 80):
+                buf = io.BytesIO()
+                output.images[0].convert("RGB").save(buf, format="JPEG", quality=quality, optimize=True)
+                if buf.tell() <= max_bytes:
+                    data, filename, content_type = buf.getvalue(), f"{stem}.jpg", "image/jpeg"
+                    break
+            else:
+                best = FitResult(
+                    data=data, crf=0, scale=1.0, passes=2, width=request.width, height=request.height
+                )
+                raise DoesNotFit(f"image is {len(data)} bytes; the limit is {max_bytes}", best)
+    else:
+        if output.frames is None:
+            raise EncodeError("the output has neither images nor frames")
+        fps = getattr(request, "fps", 8)
+        data = encode_mp4(output.frames, fps=fps, crf=crf, preset=preset)
+        if max_bytes is not None:
+            fit = fit_to_size(output.frames, fps=fps, max_bytes=max_bytes, crf=crf, preset=preset, first=data)
+            data = fit.data
+        poster = poster_frame(output.frames)
+        filename, content_type = f"{stem}.mp4", "video/mp4"
+    encode_s = time.perf_counter() - t0
+    output.timings["encode"] = encode_s
+    return EncodedMedia(
+        data=data, filename=filename, content_type=content_type, poster=poster, fit=fit, encode_s=encode_s
+    )
 
 
 # -- inspection (tests, diagnostics) ------------------------------------------------------------

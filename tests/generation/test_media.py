@@ -173,3 +173,32 @@ def test_poster_frame_is_a_jpeg_of_the_middle_frame():
     image = Image.open(io.BytesIO(data))
     assert image.format == "JPEG" and image.size == (60, 40)
     assert abs(int(np.asarray(image).mean()) - 100) <= 2
+
+
+@needs_ffprobe
+def test_encode_output_for_the_worker(pipeline_manager, tiny_video):
+    from generation.media import encode_output
+
+    request, _ = tiny_video
+    output = pipeline_manager.run(request)
+    encoded = encode_output(output, max_bytes=1_000_000)
+    assert encoded.filename == f"video-{request.seed}.mp4" and encoded.content_type == "video/mp4"
+    assert encoded.fit is not None and encoded.fit.passes == 0, "a small clip fits at once"
+    assert encoded.poster is not None and encoded.poster[:2] == b"\xff\xd8"
+    assert output.timings["encode"] == encoded.encode_s > 0
+    assert probe(encoded.data)["frames"] == request.frames
+
+
+def test_encode_output_image_falls_back_to_jpeg_then_gives_up(pipeline_manager, tiny_registry):
+    from generation.media import encode_output
+
+    request = validate_request(
+        "image", {"prompt": "dunes", "seed": 4, "steps": 2}, tiny_registry["tiny-image"]
+    )
+    output = pipeline_manager.run(request)
+    png = encode_output(output)
+    assert png.content_type == "image/png" and read_png_metadata(png.data)["prompt"] == "dunes"
+    jpeg = encode_output(output, max_bytes=png.size - 1)
+    assert jpeg.content_type == "image/jpeg" and jpeg.filename.endswith(".jpg") and jpeg.size < png.size
+    with pytest.raises(DoesNotFit):
+        encode_output(output, max_bytes=100)
