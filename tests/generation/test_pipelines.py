@@ -199,3 +199,78 @@ def test_unknown_pipeline_class_names_extra_models(tiny_model_cache):
 def test_device_info_describes_the_cpu(pipeline_manager):
     info = pipeline_manager.device_info()
     assert info["device"] == "cpu" and info["dtype"] == "fp32" and info["gpu"] is None
+
+
+def _hub_error(cls: type[BaseException], message: str) -> BaseException:
+    """huggingface_hub's HTTP errors want a live response; the message is all we read."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "token", "must_say"),
+    [
+        ("gated", None, ["gated", "HF_TOKEN", "huggingface.co/someone/secret-model"]),
+        ("gated", "hf_xxx", ["HF_TOKEN account has no access", "licence"]),
+        ("missing", None, ["not found", "set HF_TOKEN", "EXTRA_MODELS", "IMAGE_MODEL"]),
+        ("network", None, ["MODEL_CACHE_DIR", "could not be reached"]),
+        ("other", None, ["Could not load", "MODEL_CACHE_DIR", "HF_TOKEN"]),
+    ],
+)
+def test_loading_failures_name_the_setting_to_change(tiny_model_cache, monkeypatch, error, token, must_say):
+    import diffusers
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    def failing_from_pretrained(cls, source, **kwargs):
+        assert kwargs["token"] == token and kwargs["cache_dir"] == str(tiny_model_cache)
+        assert "torch_dtype" not in kwargs and kwargs["dtype"] is torch.float32
+        if error == "gated":
+            raise OSError("cannot load") from _hub_error(GatedRepoError, "Access to model is restricted")
+        if error == "missing":
+            raise _hub_error(RepositoryNotFoundError, "404 Repository Not Found")
+        if error == "network":
+            raise OSError("Cannot load model: couldn't connect to 'https://huggingface.co'")
+        raise RuntimeError("unexpected tensor shape in checkpoint")
+
+    monkeypatch.setattr(
+        diffusers.StableDiffusionPipeline, "from_pretrained", classmethod(failing_from_pretrained)
+    )
+    settings = make_tiny_settings(
+        tiny_model_cache,
+        hf_token=token,
+        hf_offline=False,
+        extra_models={
+            "secret": {
+                "repo_id": "someone/secret-model",
+                "pipeline": "StableDiffusionPipeline",
+                "kind": "image",
+            }
+        },
+    )
+    with pytest.raises(ModelUnavailable) as info:
+        PipelineManager(settings).load("secret")
+    for phrase in must_say:
+        assert phrase in info.value.message
+    assert "hf_xxx" not in info.value.message, "the token itself is never shown"
+
+
+def test_safety_checker_setting_reaches_from_pretrained(tiny_model_cache, monkeypatch):
+    import diffusers
+
+    seen: dict[str, object] = {}
+
+    def capture(cls, source, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained", classmethod(capture))
+    for enabled in (False, True):
+        seen.clear()
+        settings = make_tiny_settings(tiny_model_cache, safety_checker=enabled, hf_offline=False)
+        with pytest.raises(ModelUnavailable):
+            PipelineManager(settings).load("sd15")
+        assert ("safety_checker" in seen) is not enabled
+        assert seen["local_files_only"] is False and seen.get("variant") is None, (
+            "fp16 variant is for CUDA only"
+        )
