@@ -901,6 +901,7 @@ def run_scenario(
         **facts,
         "size": {"width": scenario.width, "height": scenario.height, "frames": scenario.frames},
         "steps": steps,
+        "unet_flops_per_step": flops,
         "unet_tflop_per_step": round(flops / 1e12, 4),
         "unet_tflop_per_sample": round(flops / 2e12, 4),
         "build_s": rig.build_s,

@@ -1,0 +1,176 @@
+"""`python -m bench gpu --dry-run`: the lent-GPU script's whole logic, on CPU, with tiny twins.
+
+A lent card comes rarely and for minutes, so the script must work the first time it meets
+one. These tests run it end to end on scaled-down versions of the same architectures and read
+its JSON lines the way the person holding the card would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import common, gpu
+
+log = logging.getLogger(__name__)
+
+PEAK = 1.0  # TFLOP/s handed in, since a CPU has no entry in the peak table
+
+
+def run_gpu_bench(argv: list[str]) -> tuple[bool | None, list[dict[str, Any]], str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        verdict = gpu.main(argv)
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+    return verdict, lines, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("gpu-dry")
+    repo_results = common.RESULTS_DIR / "gpu.jsonl"
+    before = repo_results.read_bytes() if repo_results.exists() else None
+    verdict, lines, stderr = run_gpu_bench([
+        "--dry-run", "--repeats", "1", "--peak-tflops", str(PEAK), "--budget-s", "600",
+        "--out", str(folder / "gpu.jsonl"), "--results-dir", str(folder / "results"),
+    ])
+    after = repo_results.read_bytes() if repo_results.exists() else None
+    return {
+        "verdict": verdict, "lines": lines, "stderr": stderr, "folder": folder,
+        "repo_results_unchanged": before == after,
+        "scenarios": {ln["figures"]["scenario"]: ln["figures"] for ln in lines
+                      if ln["figures"]["kind"] == "scenario"},
+        "summary": [ln["figures"] for ln in lines if ln["figures"]["kind"] == "summary"],
+    }
+
+
+def test_one_line_per_scenario_then_a_summary(dry_run: dict[str, Any]) -> None:
+    lines = dry_run["lines"]
+    assert [ln["name"] for ln in lines] == ["gpu"] * 5
+    assert list(dry_run["scenarios"]) == [s.name for s in gpu.FULL_SCENARIOS]
+    assert lines[-1]["figures"]["kind"] == "summary"
+    # CPU figures decide nothing
+    assert all(ln["target"] == gpu.TARGET and ln["pass"] is None for ln in lines)
+    assert dry_run["verdict"] is None
+    assert "damo-256x256x16" in dry_run["stderr"]  # the human table
+
+
+def test_every_recipe_ran_with_its_settings(dry_run: dict[str, Any]) -> None:
+    for name, fig in dry_run["scenarios"].items():
+        recipes = fig["recipes"]
+        assert {"seed", "lowmem"} <= set(recipes), name
+        assert all(r["status"] == "ok" for r in recipes.values()), (name, recipes)
+        for record in recipes.values():
+            assert record["job_s"] > 0 and record["unet_step_s"] > 0
+            assert record["repeats"] == 1 and len(record["job_s_all"]) == 1
+            assert record["unet_calls"] == (3 if fig["scenario"].startswith("sd15") else 2)  # PNDM adds one
+        assert recipes["seed"]["settings"]["attention"] == "AttnProcessor"
+        assert recipes["lowmem"]["settings"]["attention"] == "AttnProcessor2_0"
+        assert recipes["lowmem"]["settings"]["vae_slicing"] is True
+        production = [r for key, r in recipes.items() if key.startswith("production_")]
+        assert production
+        for record in production:
+            assert record["settings"]["attention"] == "FusedAttnProcessor2_0"
+            assert record["settings"]["fused_qkv"] is True and record["settings"]["channels_last"] is True
+
+
+def test_dtype_is_chosen_once_per_family(dry_run: dict[str, Any]) -> None:
+    scenarios = dry_run["scenarios"]
+    first = scenarios["damo-256x256x16"]
+    assert {"production_fp32", "production_bf16"} <= set(first["recipes"])
+    fastest = min(("fp32", "bf16"), key=lambda d: first["recipes"][f"production_{d}"]["job_s"])
+    assert first["production"]["dtype"] == fastest
+    for later in ("zeroscope-576x320x24", "damo-256x256x64"):
+        keys = [k for k in scenarios[later]["recipes"] if k.startswith("production_")]
+        assert keys == [f"production_{fastest}"]
+
+
+def test_ratios_follow_from_the_timings_and_the_flop_count(dry_run: dict[str, Any]) -> None:
+    for name, fig in dry_run["scenarios"].items():
+        flops = fig["unet_flops_per_step"]
+        assert flops > 0
+        assert fig["unet_tflop_per_sample"] == pytest.approx(flops / 2e12, abs=1e-4)
+        seed, production = fig["recipes"]["seed"], fig["production"]
+        assert fig["speedup_vs_seed"] == pytest.approx(seed["job_s"] / production["job_s"], rel=0.01), name
+        floor_step_s = flops / (PEAK * 1e12)
+        assert production["floor_ratio"] == pytest.approx(production["unet_step_s"] / floor_step_s, rel=0.02)
+        fraction = floor_step_s / production["unet_step_s"]
+        assert production["fraction_of_peak"] == pytest.approx(fraction, rel=0.02, abs=1e-4)
+        assert fig["floor_job_s"] == pytest.approx(flops * fig["unet_calls"] / (PEAK * 1e12), rel=0.02)
+        assert set(fig["checks"]) >= {"production_within_2x_floor"}
+    damo = dry_run["scenarios"]["damo-256x256x16"]
+    assert set(damo["checks"]) == {
+        "production_within_2x_floor", "production_speedup_ge_2x", "lowmem_peak_le_8gb"
+    }
+    assert damo["checks"]["lowmem_peak_le_8gb"] is None  # no VRAM on a CPU: unknown, not passed
+
+
+def test_videos_are_encoded_and_compared_with_gpu_time(dry_run: dict[str, Any]) -> None:
+    for name, fig in dry_run["scenarios"].items():
+        if fig["size"]["frames"] == 0:
+            assert "encode" not in fig
+            continue
+        encode = fig["encode"]
+        assert encode["status"] == "ok", name
+        assert encode["frames"] == fig["size"]["frames"]
+        assert encode["size"] == [fig["size"]["width"], fig["size"]["height"]]
+        assert encode["bytes"] > 0 and encode["encode_s"] > 0
+        ratio = encode["encode_s"] / fig["production"]["job_s"]
+        assert encode["ratio_to_gpu_job"] == pytest.approx(ratio, rel=0.02)
+
+
+def test_summary_repeats_the_scenario_figures(dry_run: dict[str, Any]) -> None:
+    (summary,) = dry_run["summary"]
+    assert set(summary["scenarios"]) == set(dry_run["scenarios"])
+    for name, row in summary["scenarios"].items():
+        fig = dry_run["scenarios"][name]
+        assert row["speedup_vs_seed"] == fig["speedup_vs_seed"]
+        assert row["production_job_s"] == fig["production"]["job_s"]
+        assert row["seed_status"] == "ok"
+
+
+def test_lines_reach_out_and_results_dir_but_never_the_repo(dry_run: dict[str, Any]) -> None:
+    folder: Path = dry_run["folder"]
+    written = [json.loads(line) for line in (folder / "gpu.jsonl").read_text().splitlines()]
+    assert written == dry_run["lines"]
+    appended = (folder / "results" / "gpu.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in appended] == dry_run["lines"]
+    assert dry_run["repo_results_unchanged"]
+
+
+def test_an_exhausted_budget_still_prints_a_summary(tmp_path: Path) -> None:
+    verdict, lines, _ = run_gpu_bench(["--dry-run", "--budget-s", "0", "--results-dir", str(tmp_path)])
+    assert verdict is None
+    assert [ln["figures"]["kind"] for ln in lines] == ["summary"]
+    rows = lines[0]["figures"]["scenarios"]
+    assert {row["status"] for row in rows.values()} == {"skipped_budget"}
+
+
+def test_full_size_flop_counts_match_the_published_architectures() -> None:
+    """UNet TFLOP per sample (the issue's reference counts: 0.80, 4.9, 21)."""
+    expected = {"sd15-512x512": 0.80, "damo-256x256x16": 4.9, "zeroscope-576x320x24": 21.0}
+    for scenario in gpu.FULL_SCENARIOS:
+        if scenario.name in expected:
+            per_sample = gpu.unet_flops(scenario.family, scenario, tiny=False) / 2e12
+            assert per_sample == pytest.approx(expected[scenario.name], rel=0.05), scenario.name
+
+
+@pytest.mark.parametrize(("name", "peak"), [
+    ("NVIDIA H100 80GB HBM3", 989.0),
+    ("NVIDIA H100 PCIe", 756.0),
+    ("NVIDIA H200", 989.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0),
+    ("NVIDIA L4", 121.0),
+    ("NVIDIA L40S", None),
+    ("Tesla T4", 65.0),
+    ("NVIDIA GeForce RTX 4090", 165.0),
+    ("NVIDIA GeForce RTX 3060", None),
+])
+def test_peak_table(name: str, peak: float | None) -> None:
+    assert gpu.peak_tflops_for(name) == peak
