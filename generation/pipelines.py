@@ -96,6 +96,9 @@ class PipelineManager:
         #: test seam: called with every StepInfo inside the step callback (see module doc)
         self.step_hooks: list[Callable[[StepInfo], None]] = []
         self._resident: OrderedDict[str, _Resident] = OrderedDict()
+        #: lock-free views for other threads (health checks, /admin), replaced under the lock
+        self._loaded_view: tuple[str, ...] = ()
+        self._mode_view: dict[str, str] = {}
         #: memory modes chosen by downgrade_memory; they stick across reloads
         self._mode_override: dict[str, str] = {}
         self._lock = threading.RLock()
@@ -146,8 +149,12 @@ class PipelineManager:
     # -- loading ---------------------------------------------------------------------------
 
     def loaded_models(self) -> list[str]:
-        with self._lock:
-            return list(self._resident)
+        """Resident model ids, least recently used first; never waits for a running job."""
+        return list(self._loaded_view)
+
+    def _publish(self) -> None:
+        self._loaded_view = tuple(self._resident)
+        self._mode_view = {model_id: r.mode for model_id, r in self._resident.items()}
 
     def spec(self, model_id: str) -> ModelSpec:
         return get_spec(self.registry, model_id)
@@ -157,6 +164,7 @@ class PipelineManager:
         with self._lock:
             if model_id in self._resident:
                 self._resident.move_to_end(model_id)
+                self._publish()
                 return
             spec = self.spec(model_id)
             while len(self._resident) >= self.settings.max_resident_models:
@@ -179,6 +187,7 @@ class PipelineManager:
                 var_kwargs=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()),
             )
             self._resident[model_id] = resident
+            self._publish()
             log.info(
                 "loaded model %s (%s, %s) on %s, %s, memory mode %s in %.1fs",
                 model_id,
@@ -195,6 +204,7 @@ class PipelineManager:
             resident = self._resident.pop(model_id, None)
             if resident is None:
                 return
+            self._publish()
             try:
                 resident.pipe.remove_all_hooks()
             except Exception:  # pragma: no cover - best effort on teardown
@@ -262,10 +272,9 @@ class PipelineManager:
         return mode
 
     def memory_mode(self, model_id: str) -> str:
-        with self._lock:
-            if model_id in self._resident:
-                return self._resident[model_id].mode
-            return self._mode_override.get(model_id) or self._choose_mode(self.spec(model_id))
+        """The mode `model_id` runs (or would load) in; never waits for a running job."""
+        mode = self._mode_view.get(model_id) or self._mode_override.get(model_id)
+        return mode or self._choose_mode(self.spec(model_id))
 
     def downgrade_memory(self, model_id: str) -> str | None:
         """Switch to the next leaner memory mode (after an OOM); None when none is left."""
@@ -280,6 +289,7 @@ class PipelineManager:
             if resident is not None:
                 self._apply_mode(resident.pipe, resident.spec, new)
                 resident.mode = new
+                self._publish()
             log.warning("memory mode of %s lowered from %s to %s", model_id, current, new)
             return new
 

@@ -274,3 +274,26 @@ def test_safety_checker_setting_reaches_from_pretrained(tiny_model_cache, monkey
         assert seen["local_files_only"] is False and seen.get("variant") is None, (
             "fp16 variant is for CUDA only"
         )
+
+
+def test_status_queries_do_not_wait_for_a_running_job(pipeline_manager, tiny_registry):
+    """Health checks and /admin read the manager from other threads while the GPU thread works."""
+    import threading
+
+    answers: list[object] = []
+
+    def ask_from_another_thread(step: StepInfo) -> None:
+        if step.step != 1:
+            return
+        thread = threading.Thread(
+            target=lambda: answers.extend(
+                [pipeline_manager.loaded_models(), pipeline_manager.memory_mode("tiny-image")]
+            )
+        )
+        thread.start()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "a status query blocked on the running job"
+
+    pipeline_manager.run(image_request(tiny_registry, steps=2), on_step=ask_from_another_thread)
+    assert len(answers) == 2 and answers[1] == "full"
+    assert set(answers[0]) == {"tiny-image", "tiny-video"}
