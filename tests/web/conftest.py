@@ -66,6 +66,22 @@ async def store(web_settings: Settings) -> AsyncIterator[Store]:
     await s.close()
 
 
+@pytest.fixture
+async def real_queue(web_settings: Settings, store: Store, pipeline_manager: Any) -> AsyncIterator[Any]:
+    """The real JobQueue with the in-process GPU worker on the session's tiny pipelines, started."""
+    from bot.executor import InProcessExecutor
+    from bot.queue import JobQueue
+
+    queue = JobQueue(
+        settings=web_settings,
+        store=store,
+        executor=InProcessExecutor(settings=web_settings, manager=pipeline_manager),
+    )
+    await queue.start()
+    yield queue
+    await queue.stop(graceful=False, timeout_s=10)
+
+
 @dataclass
 class Submitted:
     job: Job

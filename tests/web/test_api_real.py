@@ -11,28 +11,17 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from bot.executor import InProcessExecutor
 from bot.jobs import Source
-from bot.queue import JobQueue
 from generation.media import have_ffprobe, probe
 from tests.web.conftest import auth
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def real_queue(web_settings, store, pipeline_manager) -> AsyncIterator[JobQueue]:
-    executor = InProcessExecutor(settings=web_settings, manager=pipeline_manager)
-    queue = JobQueue(settings=web_settings, store=store, executor=executor)
-    await queue.start()
-    yield queue
-    await queue.stop(graceful=False, timeout_s=10)
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ async def test_readyz_lists_every_reason(make_client, stub_queue, store) -> None
 
 
 @pytest.fixture
-async def real_queue(web_settings, store, pipeline_manager) -> AsyncIterator[JobQueue]:
+async def unstarted_queue(web_settings, store, pipeline_manager) -> AsyncIterator[JobQueue]:
     queue = JobQueue(
         settings=web_settings,
         store=store,
@@ -85,14 +85,14 @@ async def real_queue(web_settings, store, pipeline_manager) -> AsyncIterator[Job
     await queue.stop(graceful=False, timeout_s=10)
 
 
-async def test_readyz_follows_the_real_queue_and_worker(make_client, real_queue) -> None:
-    client = await make_client(real_queue)
+async def test_readyz_follows_the_real_queue_and_worker(make_client, unstarted_queue) -> None:
+    client = await make_client(unstarted_queue)
     resp = await client.get("/readyz")
     assert resp.status == 503 and "queue not started" in (await resp.json())["reasons"]
-    await real_queue.start()
+    await unstarted_queue.start()
     resp = await client.get("/readyz")
     assert resp.status == 200, await resp.text()
-    await real_queue.stop(graceful=False, timeout_s=10)
+    await unstarted_queue.stop(graceful=False, timeout_s=10)
     resp = await client.get("/readyz")
     assert resp.status == 503
 
@@ -118,9 +118,9 @@ SERIES = (
 )
 
 
-async def test_metrics_count_a_real_job_through_the_queue(make_client, real_queue) -> None:
-    await real_queue.start()
-    client = await make_client(real_queue)
+async def test_metrics_count_a_real_job_through_the_queue(make_client, unstarted_queue) -> None:
+    await unstarted_queue.start()
+    client = await make_client(unstarted_queue)
     before = await scrape(client)
     metrics.OOM_RETRIES.labels(model="tiny-image").inc()  # as the worker does after an OOM
     metrics.DELIVERY_FALLBACKS.labels(kind="link").inc()  # as Discord delivery does
