@@ -1,0 +1,147 @@
+"""What members and buttons do, in one place: submit, reroll, cancel, delete.
+
+Slash commands and buttons both end up here, so a reroll is queued exactly like a new
+`/imagine`, and the permission rules for cancel/delete are written once.
+Every method is called after the interaction was deferred; it answers with a follow-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.formatting import queued_status, short_id
+from bot.jobs import Job, Source
+from bot.moderation import RequestContext
+from bot.views import status_view
+from generation.errors import InvalidRequest, UserError
+from generation.params import random_seed, validate_request
+
+if TYPE_CHECKING:
+    from bot.client import ImagineBot
+
+log = logging.getLogger(__name__)
+
+NONE = discord.AllowedMentions.none()
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+
+
+class NotYours(UserError):
+    code = "forbidden"
+
+
+class Actions:
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    # -- building jobs -------------------------------------------------------------------------
+    def _context(self, interaction: discord.Interaction[Any]) -> RequestContext:
+        channel = interaction.channel
+        is_nsfw = bool(getattr(channel, "is_nsfw", lambda: False)())
+        return RequestContext(
+            user_id=str(interaction.user.id),
+            guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+            channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+            channel_is_nsfw=is_nsfw,
+        )
+
+    def _upload_limit(self, interaction: discord.Interaction[Any]) -> int:
+        limit = getattr(interaction, "filesize_limit", None)  # Discord's attachment_size_limit
+        if not limit and interaction.guild is not None:
+            limit = interaction.guild.filesize_limit
+        return int(limit or DEFAULT_UPLOAD_LIMIT)
+
+    def _priority(self, interaction: discord.Interaction[Any]) -> int:
+        roles = getattr(interaction.user, "roles", [])
+        table = self.bot.settings.priority_roles
+        best = 0
+        for role in roles:
+            best = max(best, table.get(str(role.id), 0), table.get(role.name, 0))
+        return best
+
+    def build_job(self, interaction: discord.Interaction[Any], *, kind: str, raw: dict[str, Any]) -> Job:
+        """Validate options against the model's limits; raises InvalidRequest naming the option."""
+        settings = self.bot.settings
+        default_model = settings.image_model if kind == "image" else settings.video_model
+        model_id = raw.pop("model", None) or default_model
+        spec = self.bot.registry.get(model_id)
+        if spec is None or spec.kind != kind:
+            choices = ", ".join(m.id for m in self.bot.registry.values() if m.kind == kind)
+            raise InvalidRequest(f"Unknown {kind} model {model_id!r}. Available: {choices}.")
+        request = validate_request(kind, {**raw, "model": model_id}, spec, settings)
+        ctx = self._context(interaction)
+        return Job(
+            kind=kind,
+            model=model_id,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=request.seed,
+            params=request.to_dict(),
+            user_id=ctx.user_id,
+            user_name=str(interaction.user),
+            source=Source.DISCORD,
+            guild_id=ctx.guild_id,
+            channel_id=ctx.channel_id,
+            priority=self._priority(interaction),
+            max_tries=settings.max_tries,
+            upload_limit_bytes=self._upload_limit(interaction),
+        )
+
+    # -- submit ----------------------------------------------------------------------------------
+    async def submit(self, interaction: discord.Interaction[Any], job: Job) -> Job:
+        """Moderate, persist, post the public status message, and tell the member privately."""
+        await self.bot.moderator.check(
+            self._context(interaction), prompt=job.prompt, negative_prompt=job.negative_prompt
+        )
+        submitted = await self.bot.queue.submit(job)
+        job = submitted.job
+        text = queued_status(job, position=submitted.position, eta_s=submitted.eta_s)
+        try:
+            channel = self.bot.get_partial_messageable(int(job.channel_id or interaction.channel_id or 0))
+            status = await channel.send(text, view=status_view(job.id), allowed_mentions=NONE)
+        except discord.HTTPException:
+            log.warning("job %s: could not post the status message", job.id, exc_info=True)
+        else:
+            await self.bot.delivery.remember_status_message(job, status.id)
+        await interaction.followup.send(
+            f"Queued `{short_id(job.id)}` (seed {job.seed}). I'll post the result in this channel.",
+            ephemeral=True,
+            allowed_mentions=NONE,
+        )
+        return job
+
+    # -- buttons and /queue cancel -----------------------------------------------------------------
+    async def cancel(self, job_id: str, *, interaction: discord.Interaction[Any]) -> Job:
+        job = await self.bot.store.get_job(job_id)
+        if job is None:
+            raise InvalidRequest("That job no longer exists.")
+        return await self.bot.queue.cancel(
+            job.id, by_user_id=str(interaction.user.id), is_admin=self.bot.is_admin(interaction)
+        )
+
+    async def reroll(self, job_id: str, *, interaction: discord.Interaction[Any]) -> Job:
+        parent = await self.bot.store.get_job(job_id)
+        if parent is None:
+            raise InvalidRequest("The original request is gone, so it cannot be rerolled.")
+        raw = {k: v for k, v in parent.params.items() if k not in ("seed", "kind")}
+        raw["seed"] = random_seed()
+        job = self.build_job(interaction, kind=parent.kind, raw=raw)
+        job.parent_id = parent.id
+        return await self.submit(interaction, job)
+
+    async def delete_result(self, job_id: str, *, interaction: discord.Interaction[Any]) -> None:
+        job = await self.bot.store.get_job(job_id)
+        if job is None:
+            raise InvalidRequest("That job no longer exists.")
+        admin = self.bot.is_admin(interaction)
+        if job.user_id != str(interaction.user.id) and not admin:
+            raise NotYours("Only the member who asked for this (or a server admin) can delete it.")
+        if interaction.message is not None:
+            await interaction.message.delete()
+        if admin and job.user_id != str(interaction.user.id):
+            await self.bot.audit(
+                interaction, action="delete_result", target=job.user_id, details={"job": job.id}
+            )
+        await interaction.followup.send("Deleted.", ephemeral=True, allowed_mentions=NONE)

@@ -1,0 +1,150 @@
+"""/imagine and /video: the two commands members use most.
+
+Discord enforces the ranges declared here before we see the input; `validate_request`
+checks everything again against the chosen model's own limits (one place for limits).
+Each command defers first, so the 3-second deadline holds however busy the queue is.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+if TYPE_CHECKING:
+    from bot.client import ImagineBot
+
+log = logging.getLogger(__name__)
+
+ASPECTS = {
+    "square": (1, 1),
+    "portrait": (2, 3),
+    "landscape": (3, 2),
+    "wide": (16, 9),
+}
+
+
+def aspect_size(aspect: str, default_width: int, default_height: int) -> tuple[int, int]:
+    """Width and height for an aspect ratio with about the model's default pixel count."""
+    w, h = ASPECTS[aspect]
+    area = default_width * default_height
+    height = (area * h / w) ** 0.5
+    width = height * w / h
+    return int(round(width / 64) * 64), int(round(height / 64) * 64)
+
+
+class Generate(commands.Cog):
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    async def _model_autocomplete(self, kind: str, current: str) -> list[app_commands.Choice[str]]:
+        models = [m for m in self.bot.registry.values() if m.kind == kind and current.lower() in m.id.lower()]
+        return [app_commands.Choice(name=f"{m.id} — {m.description}"[:100], value=m.id) for m in models[:25]]
+
+    async def image_models(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await self._model_autocomplete("image", current)
+
+    async def video_models(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await self._model_autocomplete("video", current)
+
+    async def _queue(self, interaction: discord.Interaction[Any], *, kind: str, raw: dict[str, Any]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        job = self.bot.actions.build_job(
+            interaction, kind=kind, raw={k: v for k, v in raw.items() if v is not None}
+        )
+        await self.bot.actions.submit(interaction, job)
+
+    @app_commands.command(name="imagine")
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt="What to draw",
+        negative_prompt="What to keep out of the picture",
+        seed="Same seed + same settings = same picture (random if empty)",
+        steps="Denoising steps: more is slower and often finer",
+        guidance="How strictly to follow the prompt",
+        aspect="Shape of the picture (ignored when width/height are given)",
+        width="Width in pixels (multiple of 8)",
+        height="Height in pixels (multiple of 8)",
+        model="Image model",
+    )
+    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
+    @app_commands.autocomplete(model=image_models)
+    async def imagine(
+        self,
+        interaction: discord.Interaction[Any],
+        prompt: app_commands.Range[str, 1, 1000],
+        negative_prompt: app_commands.Range[str, 0, 1000] | None = None,
+        seed: app_commands.Range[int, 0, 2**32 - 1] | None = None,
+        steps: app_commands.Range[int, 1, 100] | None = None,
+        guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
+        aspect: app_commands.Choice[str] | None = None,
+        width: app_commands.Range[int, 64, 2048] | None = None,
+        height: app_commands.Range[int, 64, 2048] | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Create an image from a text prompt."""
+        if aspect is not None and width is None and height is None:
+            spec = self.bot.registry.get(model or self.bot.settings.image_model)
+            if spec is not None:
+                width, height = aspect_size(aspect.value, spec.default_width, spec.default_height)
+                width, height = min(width, spec.max_width), min(height, spec.max_height)
+        raw = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "seed": seed,
+            "steps": steps,
+            "guidance": guidance,
+            "width": width,
+            "height": height,
+            "model": model,
+        }
+        await self._queue(interaction, kind="image", raw=raw)
+
+    @app_commands.command(name="video")
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt="What should happen in the clip",
+        negative_prompt="What to keep out of the clip",
+        seed="Same seed + same settings = same clip (random if empty)",
+        steps="Denoising steps: more is slower and often finer",
+        guidance="How strictly to follow the prompt",
+        frames="Number of frames (16-64)",
+        fps="Frames per second of the MP4",
+        model="Video model",
+    )
+    @app_commands.autocomplete(model=video_models)
+    async def video(
+        self,
+        interaction: discord.Interaction[Any],
+        prompt: app_commands.Range[str, 1, 1000],
+        negative_prompt: app_commands.Range[str, 0, 1000] | None = None,
+        seed: app_commands.Range[int, 0, 2**32 - 1] | None = None,
+        steps: app_commands.Range[int, 1, 100] | None = None,
+        guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
+        frames: app_commands.Range[int, 16, 64] | None = None,
+        fps: app_commands.Range[int, 1, 30] | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Create a short video clip from a text prompt."""
+        raw = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "seed": seed,
+            "steps": steps,
+            "guidance": guidance,
+            "frames": frames,
+            "fps": fps,
+            "model": model,
+        }
+        await self._queue(interaction, kind="video", raw=raw)
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(Generate(bot))

@@ -1,0 +1,211 @@
+"""Getting results into the channel, whatever happens in between.
+
+A queue listener: it edits the job's status message as the job moves (at most every
+`PROGRESS_EDIT_INTERVAL_S`, the queue throttles), and posts the result as a normal channel
+message with the bot token, so a job that waited 40 minutes is delivered even though the
+interaction token died after 15. A file over the channel's upload limit is re-encoded to
+fit (off the event loop); if it still cannot fit, the message carries a signed link to
+our web server and a poster image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import metrics
+from bot.formatting import final_status, progress_status, result_embed
+from bot.jobs import Job, JobState
+from bot.views import result_view
+from generation import media
+
+if TYPE_CHECKING:
+    from bot.client import ImagineBot
+    from bot.results import JobResult
+
+log = logging.getLogger(__name__)
+
+NONE = discord.AllowedMentions.none()
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+#: aim this far under the limit, so a file that "just fits" is not refused for rounding
+UPLOAD_MARGIN = 0.99
+
+
+def _mention_only(user_id: str) -> discord.AllowedMentions:
+    """The result pings its requester and nobody else, whatever the prompt says."""
+    return discord.AllowedMentions(
+        everyone=False, roles=False, replied_user=False, users=[discord.Object(int(user_id))]
+    )
+
+
+def _too_large(exc: discord.HTTPException) -> bool:
+    return exc.status == 413 or exc.code == 40005
+
+
+class DiscordDelivery:
+    """Queue listener that keeps the channel up to date and posts results exactly once."""
+
+    def __init__(self, *, bot: ImagineBot, link_for: Callable[[Job], str] | None) -> None:
+        self.bot = bot
+        self._link_for = link_for
+        self._status: dict[str, int] = {}
+        self._started: dict[str, float] = {}
+        self._last_edit: dict[str, float] = {}
+
+    # -- status message ---------------------------------------------------------------------------
+    async def remember_status_message(self, job: Job, message_id: int) -> None:
+        self._status[job.id] = message_id
+        job.status_message_id = str(message_id)
+        await self.bot.store.update_job(job.id, status_message_id=str(message_id))
+
+    def _status_message(self, job: Job) -> discord.PartialMessage | None:
+        message_id = self._status.get(job.id) or (
+            int(job.status_message_id) if job.status_message_id else None
+        )
+        if message_id is None or job.channel_id is None:
+            return None
+        return self.bot.get_partial_messageable(int(job.channel_id)).get_partial_message(message_id)
+
+    async def _edit_status(self, job: Job, content: str, *, keep_view: bool = True) -> None:
+        message = self._status_message(job)
+        if message is None:
+            return
+        self._last_edit[job.id] = time.monotonic()
+        try:
+            if keep_view:
+                await message.edit(content=content, allowed_mentions=NONE)
+            else:
+                await message.edit(content=content, view=None, allowed_mentions=NONE)
+        except discord.NotFound:
+            self._status.pop(job.id, None)  # deleted by a moderator: stop editing it
+        except discord.HTTPException:
+            log.warning("job %s: status edit failed", job.id, exc_info=True)
+
+    # -- queue listener -----------------------------------------------------------------------------
+    def _ours(self, job: Job) -> bool:
+        return job.source == "discord" and job.channel_id is not None
+
+    async def on_queued(self, job: Job) -> None:
+        return None  # the command that queued it posts the status message itself
+
+    async def on_started(self, job: Job) -> None:
+        if self._ours(job):
+            self._started[job.id] = time.monotonic()
+            total = int(job.params.get("steps") or 0)
+            await self._edit_status(job, progress_status(job, step=0, total=total, elapsed_s=0))
+
+    async def on_progress(self, job: Job, step: int, total: int, preview_png: bytes | None) -> None:
+        if not self._ours(job):
+            return
+        now = time.monotonic()
+        # the queue spaces progress events, but the "started" edit counts against the same
+        # message's budget: never edit one message more often than the interval
+        if now - self._last_edit.get(job.id, 0.0) < self.bot.settings.progress_edit_interval_s:
+            return
+        elapsed = now - self._started.get(job.id, now)
+        await self._edit_status(job, progress_status(job, step=step, total=total, elapsed_s=elapsed))
+
+    async def on_finished(self, job: Job, result: JobResult | None) -> None:
+        if not self._ours(job):
+            return
+        self._started.pop(job.id, None)
+        self._last_edit.pop(job.id, None)
+        if job.state is JobState.COMPLETE and result is not None:
+            if job.result_message_id:
+                return  # already delivered before a restart: never post twice
+            try:
+                await self._deliver(job, result)
+            except discord.HTTPException:
+                # channel gone or no permission: the file stays on the web server; the
+                # job stays undelivered, so a restart offers it once more
+                log.exception("job %s: delivery to channel %s failed", job.id, job.channel_id)
+        else:
+            await self._edit_status(job, final_status(job), keep_view=False)
+            self._status.pop(job.id, None)
+
+    # -- delivery ----------------------------------------------------------------------------------
+    async def _deliver(self, job: Job, result: JobResult) -> None:
+        channel = self.bot.get_partial_messageable(int(job.channel_id or 0))
+        limit = int((job.upload_limit_bytes or DEFAULT_UPLOAD_LIMIT) * UPLOAD_MARGIN)
+        path = Path(result.path)
+        name = f"{job.kind}-{job.id[:8]}{path.suffix}"
+        data: bytes | None = await asyncio.to_thread(path.read_bytes)
+        if data is not None and len(data) > limit:
+            data = await self._fit(job, path, limit)
+        message: discord.Message | None = None
+        if data is not None:
+            try:
+                message = await self._post(
+                    channel, job, file=discord.File(io.BytesIO(data), filename=name), name=name
+                )
+            except discord.HTTPException as exc:
+                if not _too_large(exc):
+                    raise
+                log.info("job %s: upload refused as too large (%s); falling back to a link", job.id, exc.code)
+        if message is None:
+            message = await self._post_link(channel, job, result, limit=limit)
+        await self.bot.queue.mark_delivered(job.id, str(message.id))
+        job.result_message_id = str(message.id)
+        status = self._status_message(job)
+        self._status.pop(job.id, None)
+        if status is not None:
+            try:
+                await status.delete()
+            except discord.HTTPException:
+                log.debug("job %s: status message already gone", job.id)
+
+    async def _fit(self, job: Job, path: Path, limit: int) -> bytes | None:
+        """A smaller re-encode of a video that fits `limit`, or None (then a link is posted)."""
+        if job.kind != "video":
+            return None  # PNGs don't shrink much without visible loss: link instead
+        try:
+            fitted = await asyncio.to_thread(media.fit_file_to_size, path, max_bytes=limit)
+        except (media.DoesNotFit, media.EncodeError) as exc:
+            log.info("job %s: cannot fit under %d bytes (%s); posting a link", job.id, limit, exc)
+            return None
+        metrics.DELIVERY_FALLBACKS.labels(kind="reencode").inc()
+        log.info(
+            "job %s: re-encoded to %d bytes (crf %d, scale %.2f)",
+            job.id,
+            fitted.size,
+            fitted.crf,
+            fitted.scale,
+        )
+        return fitted.data
+
+    async def _post(
+        self, channel: Any, job: Job, *, file: discord.File, name: str, link: str | None = None
+    ) -> Any:
+        return await channel.send(
+            content=f"<@{job.user_id}>",
+            embed=result_embed(job, attachment_name=name, link=link),
+            file=file,
+            view=result_view(job.id),
+            allowed_mentions=_mention_only(job.user_id),
+        )
+
+    async def _post_link(self, channel: Any, job: Job, result: JobResult, *, limit: int) -> Any:
+        if self._link_for is None:
+            raise RuntimeError("the file is too large to attach and no web server is configured for links")
+        metrics.DELIVERY_FALLBACKS.labels(kind="link").inc()
+        link = self._link_for(job)
+        poster = result.poster_path
+        poster_bytes = await asyncio.to_thread(Path(poster).read_bytes) if poster else b""
+        if poster and 0 < len(poster_bytes) <= limit:
+            name = f"poster-{job.id[:8]}{Path(poster).suffix}"
+            return await self._post(
+                channel, job, file=discord.File(io.BytesIO(poster_bytes), filename=name), name=name, link=link
+            )
+        return await channel.send(
+            content=f"<@{job.user_id}>",
+            embed=result_embed(job, attachment_name=None, link=link),
+            view=result_view(job.id),
+            allowed_mentions=_mention_only(job.user_id),
+        )

@@ -1,0 +1,116 @@
+"""How jobs read in Discord: status lines, progress bars, result embeds.
+
+Pure functions of a job (no I/O), so every message the bot shows can be tested as text.
+User text (prompts, names) is escaped so that it can neither ping nor break the markdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+
+from bot.jobs import Job, JobState
+
+log = logging.getLogger(__name__)
+
+BAR_WIDTH = 12
+EMBED_COLOUR = discord.Colour.blurple()
+KIND_LABEL = {"image": "🎨 Image", "video": "🎬 Video"}
+
+
+def safe_text(text: str, limit: int) -> str:
+    """Escape markdown and mentions, then cut to `limit` characters with an ellipsis."""
+    escaped = discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+
+
+def duration(seconds: float | None) -> str:
+    """`42 s`, `3 min 5 s`, `1 h 2 min`: short and honest, no false precision."""
+    if seconds is None:
+        return "unknown"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def progress_bar(step: int, total: int, width: int = BAR_WIDTH) -> str:
+    total = max(total, 1)
+    filled = min(width, max(0, round(width * step / total)))
+    return "▰" * filled + "▱" * (width - filled)
+
+
+def short_id(job_id: str) -> str:
+    return job_id[:8]
+
+
+def headline(job: Job) -> str:
+    return f"{KIND_LABEL.get(job.kind, job.kind)} for <@{job.user_id}> · `{short_id(job.id)}`"
+
+
+def queued_status(job: Job, *, position: int | None, eta_s: float | None) -> str:
+    where = "next in line" if position == 1 else f"position **{position}**" if position else "queued"
+    return f"{headline(job)}\n⏳ Queued: {where} · ETA {duration(eta_s)}\n> {safe_text(job.prompt, 300)}"
+
+
+def progress_status(job: Job, *, step: int, total: int, elapsed_s: float) -> str:
+    return (
+        f"{headline(job)}\n⚙️ `{progress_bar(step, total)}` step {step}/{total} · {duration(elapsed_s)}"
+        f"\n> {safe_text(job.prompt, 300)}"
+    )
+
+
+def final_status(job: Job) -> str:
+    """The status line once a job is over and will not produce a file in this message."""
+    if job.state is JobState.CANCELLED:
+        what = "🚫 Cancelled."
+    elif job.state is JobState.FAILED:
+        what = f"❌ Failed: {safe_text(job.error or 'unknown error', 300)}"
+    else:
+        what = "✅ Done."
+    return f"{headline(job)}\n{what}\n> {safe_text(job.prompt, 300)}"
+
+
+def parameter_fields(job: Job) -> list[tuple[str, str]]:
+    p: dict[str, Any] = job.params
+    fields = [
+        ("Model", job.model),
+        ("Seed", str(job.seed if job.seed is not None else p.get("seed"))),
+        ("Steps", str(p.get("steps"))),
+        ("Guidance", str(p.get("guidance"))),
+        ("Size", f"{p.get('width')}×{p.get('height')}"),
+    ]
+    if job.kind == "video":
+        fields.append(("Frames", f"{p.get('frames')} @ {p.get('fps')} fps"))
+    if job.gpu_seconds is not None:
+        fields.append(("GPU time", f"{job.gpu_seconds:.1f} s"))
+    if job.parent_id:
+        fields.append(("Reroll of", f"`{short_id(job.parent_id)}`"))
+    return fields
+
+
+def result_embed(job: Job, *, attachment_name: str | None, link: str | None = None) -> discord.Embed:
+    """Every parameter a member needs to reproduce the result, seed included."""
+    embed = discord.Embed(
+        title=safe_text(job.prompt, 250),
+        colour=EMBED_COLOUR,
+        description=(
+            f"**Negative:** {safe_text(job.negative_prompt, 1000)}" if job.negative_prompt else None
+        ),
+    )
+    for name, value in parameter_fields(job):
+        embed.add_field(name=name, value=value, inline=True)
+    if link:
+        embed.add_field(
+            name="Download", value=f"[{job.kind} file]({link}) (too large to attach)", inline=False
+        )
+    if attachment_name and attachment_name.endswith((".png", ".jpg")):
+        embed.set_image(url=f"attachment://{attachment_name}")
+    embed.set_footer(text=f"job {job.id} · requested by {job.user_name}")
+    return embed

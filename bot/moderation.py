@@ -1,0 +1,102 @@
+"""The server's rules a Discord request passes before it is queued: channels and blocklist.
+
+Bans, quotas and queue limits are the queue's (they apply to REST callers too).
+
+Kept apart from the cogs so the REST API and the Discord commands enforce the same rules,
+and so each rule can be tested without Discord. Every refusal is a `UserError` whose
+message tells the member what happened without leaking the blocklist itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from bot.store.base import GuildSettings, Store
+from generation.errors import InvalidRequest, UserError
+
+log = logging.getLogger(__name__)
+
+REGEX_PREFIX = "re:"
+MAX_PATTERN_LENGTH = 200
+
+
+class ChannelNotAllowed(UserError):
+    code = "channel_not_allowed"
+
+
+class PromptBlocked(UserError):
+    code = "prompt_blocked"
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who asks and where, as plain data (no discord objects)."""
+
+    user_id: str
+    guild_id: str | None
+    channel_id: str | None
+    channel_is_nsfw: bool = False
+
+
+def validate_pattern(entry: str) -> str:
+    """Normalise a blocklist entry; `re:` entries must compile. Raises InvalidRequest otherwise."""
+    entry = entry.strip()
+    if not entry:
+        raise InvalidRequest("A blocklist entry cannot be empty.")
+    if len(entry) > MAX_PATTERN_LENGTH:
+        raise InvalidRequest(f"A blocklist entry can be at most {MAX_PATTERN_LENGTH} characters.")
+    if entry.startswith(REGEX_PREFIX):
+        try:
+            re.compile(entry[len(REGEX_PREFIX) :], re.IGNORECASE)
+        except re.error as exc:
+            raise InvalidRequest(f"That regular expression is invalid: {exc}.") from None
+        return entry
+    return entry.lower()
+
+
+@lru_cache(maxsize=256)
+def _compile(entry: str) -> re.Pattern[str]:
+    if entry.startswith(REGEX_PREFIX):
+        return re.compile(entry[len(REGEX_PREFIX) :], re.IGNORECASE)
+    # plain words match whole words only, so "ass" does not block "class"
+    return re.compile(rf"(?<!\w){re.escape(entry)}(?!\w)", re.IGNORECASE)
+
+
+def blocked_by(text: str, blocklist: list[str]) -> str | None:
+    """The first blocklist entry that matches `text`, if any."""
+    for entry in blocklist:
+        try:
+            if _compile(entry).search(text):
+                return entry
+        except re.error:  # stored before validation existed: ignore, don't crash a command
+            log.warning("ignoring invalid blocklist entry %r", entry)
+    return None
+
+
+class Moderator:
+    """Applies a guild's channel allow-list, NSFW-only mode and blocklist."""
+
+    def __init__(self, *, store: Store) -> None:
+        self._store = store
+
+    async def check(self, ctx: RequestContext, *, prompt: str, negative_prompt: str | None) -> None:
+        if ctx.guild_id is None:
+            return
+        guild = await self._store.get_guild_settings(ctx.guild_id)
+        self._check_channel(guild, ctx)
+        # the negative prompt is shown publicly in the result embed, so it is checked too
+        entry = blocked_by(prompt, guild.blocklist) or blocked_by(negative_prompt or "", guild.blocklist)
+        if entry is not None:
+            log.info("prompt from %s blocked in guild %s", ctx.user_id, ctx.guild_id)
+            raise PromptBlocked("Your prompt contains a word or phrase this server does not allow.")
+
+    @staticmethod
+    def _check_channel(guild: GuildSettings, ctx: RequestContext) -> None:
+        if guild.allowed_channels and ctx.channel_id not in guild.allowed_channels:
+            mentions = ", ".join(f"<#{c}>" for c in guild.allowed_channels[:10])
+            raise ChannelNotAllowed(f"The bot can only be used in: {mentions}.")
+        if guild.limits.get("nsfw_only") and not ctx.channel_is_nsfw:
+            raise ChannelNotAllowed("On this server the bot can only be used in age-restricted channels.")

@@ -1,0 +1,123 @@
+"""The long-lived parts every entry point shares: store, queue with its GPU worker, web server.
+
+`python -m bot` (Discord + web), `python -m bot.web` (REST only) and the tests all build
+them here, so there is one start-up order and one shut-down order: store opens, queue
+starts (resuming what a crash left behind); on exit the queue stops (finishing or
+re-queueing its running job) before the store closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from bot.executor import Executor, InProcessExecutor
+from bot.jobs import Job
+from bot.queue import JobQueue
+from bot.settings import Settings
+from bot.store import create_store
+from bot.store.base import Store
+from bot.store.buffer import BufferedStore
+from bot.web.app import create_web_app, default_checks, serve
+from bot.web.links import LinkSigner
+from generation.models import ModelSpec, build_registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    queue: JobQueue
+    registry: dict[str, ModelSpec]
+    signer: LinkSigner
+
+    def link_for(self, job: Job) -> str:
+        """A signed, expiring download URL for a result too large to attach."""
+        return self.signer.sign(job.id)
+
+    async def health(self) -> dict[str, Any]:
+        """What /info shows: the same checks as /readyz, plus models and device."""
+        problems = []
+        for check in default_checks(store=self.store, queue=self.queue):
+            reason = await check()
+            if reason:
+                problems.append(reason)
+        workers = self.queue.workers()
+        executor = self.queue.executor
+        worker = getattr(executor, "worker", None)
+        manager = getattr(worker, "manager", None)
+        return {
+            "problems": problems,
+            "store_ok": not any(p.startswith("store") for p in problems),
+            "worker_alive": bool(workers) and all(w.alive for w in workers),
+            "models_loaded": manager.loaded_models() if manager is not None else [],
+            "device": ", ".join(sorted({w.device for w in workers})) or None,
+        }
+
+
+def build_executor(settings: Settings, registry: dict[str, ModelSpec]) -> Executor:
+    """The in-process GPU thread, preloading the configured models."""
+    preload = tuple(dict.fromkeys(m for m in (settings.image_model, settings.video_model) if m in registry))
+    return InProcessExecutor(settings=settings, preload=preload)
+
+
+@asynccontextmanager
+async def running_services(
+    settings: Settings,
+    *,
+    executor: Executor | None = None,
+    store: Store | None = None,
+    start_queue: bool = True,
+) -> AsyncIterator[Services]:
+    """Open the store and start the queue; stop and close them in reverse order on exit.
+
+    With `start_queue=False` the caller starts the queue once its listeners are registered
+    (the Discord bot does, so results finished or left undelivered at start-up reach it).
+    """
+    registry = build_registry(settings)
+    for name in (settings.image_model, settings.video_model):
+        if name not in registry:
+            raise ValueError(
+                f"model {name!r} (IMAGE_MODEL/VIDEO_MODEL) is not in the registry; "
+                f"known: {', '.join(registry)}"
+            )
+    store = store or BufferedStore(create_store(settings), max_items=settings.log_buffer_max)
+    await store.open()
+    try:
+        queue = JobQueue(
+            settings=settings, store=store, executor=executor or build_executor(settings, registry)
+        )
+        if start_queue:
+            await queue.start()
+        try:
+            yield Services(
+                settings=settings,
+                store=store,
+                queue=queue,
+                registry=registry,
+                signer=LinkSigner.from_settings(settings),
+            )
+        finally:
+            await queue.stop(graceful=True)
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def running_web_server(settings: Settings, services: Services) -> AsyncIterator[web.AppRunner]:
+    app = create_web_app(
+        settings=settings,
+        store=services.store,
+        queue=services.queue,
+        registry=services.registry,
+        signer=services.signer,
+    )
+    async with serve(app, host=settings.web_host, port=settings.web_port) as runner:
+        yield runner

@@ -1,0 +1,408 @@
+"""Members and admins using the real bot process through the fake Discord.
+
+Each test is a short story: someone types a command or presses a button, and we assert on
+what they would see in the channel (or privately), and on what the bot refuses.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import re
+import shutil
+import subprocess
+import time
+
+import aiohttp
+import pytest
+import yarl
+from PIL import Image
+
+from tests.bot.conftest import SMALL_UPLOAD_LIMIT, BotProcess
+from tests.fake_discord import FakeInteraction, FakeMessage
+
+log = logging.getLogger(__name__)
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
+
+TINY = {"steps": 2, "width": 64, "height": 64}
+TINY_VIDEO = {"steps": 2, "frames": 16, "fps": 8}
+#: a clip that keeps the tiny worker busy for several seconds (about 0.15 s per step here)
+SLOW_VIDEO = {"steps": 50, "frames": 64, "fps": 8}
+QUEUED = re.compile(r"Queued `([0-9a-f]{8})`")
+
+
+async def ask(
+    bot: BotProcess,
+    command: str,
+    options: dict | None = None,
+    *,
+    user: str,
+    channel: str = "general",
+    guild: str = "art",
+) -> FakeInteraction:
+    target = bot.art if guild == "art" else bot.small
+    return await bot.discord.invoke_slash(
+        command, options or {}, user=bot.members[user], guild=target, channel=target.channel(channel)
+    )
+
+
+async def private_reply(interaction: FakeInteraction, timeout: float = 15.0) -> FakeMessage:
+    """The ephemeral answer a deferred command ends with."""
+    response = await interaction.wait_for_response()
+    assert response.deferred and response.ephemeral, response
+    message = await interaction.wait_for_followup(timeout=timeout)
+    assert message.ephemeral
+    return message
+
+
+async def queue_job(bot: BotProcess, command: str, options: dict, *, user: str, **where: str) -> str:
+    """Runs /imagine or /video and returns the 8-character job id the member was told."""
+    interaction = await ask(bot, command, options, user=user, **where)
+    reply = await private_reply(interaction)
+    match = QUEUED.search(reply.content)
+    assert match, f"expected a queued answer, got {reply.content!r}"
+    return match.group(1)
+
+
+async def result_message(bot: BotProcess, short: str, timeout: float = 60.0) -> FakeMessage:
+    def is_result(m: FakeMessage) -> bool:
+        embed = m.embed
+        return embed is not None and f"job {short}" in (embed.get("footer") or {}).get("text", "")
+
+    return await bot.discord.wait_for_message(is_result, timeout=timeout)
+
+
+def status_message(bot: BotProcess, short: str) -> FakeMessage:
+    matches = [
+        m
+        for m in bot.discord.state.messages.values()
+        if not m.ephemeral and f"`{short}`" in m.versions[0].content and not m.embeds
+    ]
+    assert len(matches) == 1, matches
+    return matches[0]
+
+
+def job_id_of(message: FakeMessage) -> str:
+    return message.embed["footer"]["text"].split()[1]
+
+
+# -- generation ------------------------------------------------------------------------------------
+
+
+async def test_imagine_posts_a_png_with_every_parameter_and_pings_only_the_member(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    started = time.monotonic()
+    short = await queue_job(
+        bot, "imagine", {"prompt": "a red fox @everyone <@&123>", **TINY, "seed": 1234}, user="alice"
+    )
+    message = await result_message(bot, short)
+
+    png = message.attachment
+    assert png is not None and png.filename.endswith(".png")
+    image = Image.open(io.BytesIO(png.data))
+    assert image.size == (64, 64)
+    assert image.text["seed"] == "1234"  # parameters ride along inside the PNG
+    fields = {f["name"]: f["value"] for f in message.embed["fields"]}
+    assert fields["Seed"] == "1234" and fields["Steps"] == "2" and fields["Size"] == "64×64"
+    assert fields["Model"] == "tiny-image" and "GPU time" in fields
+    assert message.embed["image"]["url"] == f"attachment://{png.filename}"
+    assert {c["custom_id"].split(":")[1] for c in message.iter_components()} == {"reroll", "delete"}
+    # the member is mentioned; @everyone and the role in the prompt ping nobody
+    alice = bot.members["alice"].user.id
+    pings = message.pings()
+    assert pings.users == {alice} and not pings.everyone and not pings.roles
+    for m in bot.discord.messages(include_deleted=True):
+        assert not m.pings().everyone and not m.pings().roles
+    # the status message is replaced by the result
+    status = status_message(bot, short)
+    await bot.discord.wait_until(lambda: status.deleted, timeout=10, what="status message deleted")
+    assert time.monotonic() - started < 60
+
+
+async def test_video_posts_a_playable_h264_mp4(running_bot: BotProcess) -> None:
+    bot = running_bot
+    short = await queue_job(bot, "video", {"prompt": "waves rolling in", **TINY_VIDEO, "seed": 7}, user="bob")
+    message = await result_message(bot, short)
+    mp4 = message.attachment
+    assert mp4 is not None and mp4.filename.endswith(".mp4")
+    assert mp4.data[4:8] == b"ftyp"
+    fields = {f["name"]: f["value"] for f in message.embed["fields"]}
+    assert fields["Frames"] == "16 @ 8 fps"
+    if shutil.which("ffprobe"):
+        probe = subprocess.run(  # noqa: ASYNC221 - a test reading a file it holds, nothing else waits
+            ["ffprobe", "-v", "error", "-show_streams", "-of", "json", "-"],
+            input=mp4.data,
+            capture_output=True,
+            check=True,
+        )
+        assert b'"codec_name": "h264"' in probe.stdout and b'"pix_fmt": "yuv420p"' in probe.stdout
+        assert b'"nb_frames": "16"' in probe.stdout
+
+
+async def test_progress_is_edited_no_more_than_every_two_seconds_and_heartbeats_stay_on_time(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    since = time.monotonic()
+    short = await queue_job(bot, "video", {"prompt": "slow clouds", "steps": 40, "frames": 64}, user="carol")
+    await result_message(bot, short, timeout=120)
+    status = status_message(bot, short)
+    progress = [v for v in status.versions if "step" in v.content]
+    assert len(progress) >= 2, [v.content for v in status.versions]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(progress)]
+    assert min(gaps) >= 1.8, gaps  # the queue throttles edits to PROGRESS_EDIT_INTERVAL_S
+    assert re.search(r"step \d+/40", progress[-1].content)
+    # generation ran in the worker thread: the gateway heard every heartbeat on time (1 s interval)
+    assert bot.discord.max_heartbeat_gap(since=since) < 1.8
+
+
+async def test_a_bad_option_gets_a_polite_private_error_and_nothing_is_queued(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    dave = str(bot.members["dave"].user.id)
+    interaction = await ask(bot, "imagine", {"prompt": "a cat", "width": 100, "height": 64}, user="dave")
+    reply = await private_reply(interaction)
+    assert "width" in reply.content.lower() and "8" in reply.content
+    assert "Traceback" not in reply.content
+    interaction = await ask(bot, "imagine", {"prompt": "a cat", "model": "no-such-model"}, user="dave")
+    reply = await private_reply(interaction)
+    assert "no-such-model" in reply.content and "tiny-image" in reply.content
+    # no public status message for refused requests
+    assert not [m for m in bot.discord.messages(include_deleted=True) if dave in m.versions[0].content]
+
+
+async def test_a_job_that_outlives_its_interaction_token_is_still_delivered(running_bot: BotProcess) -> None:
+    bot = running_bot
+    interaction = await ask(bot, "imagine", {"prompt": "a long wait", **TINY}, user="erin")
+    reply = await private_reply(interaction)
+    short = QUEUED.search(reply.content).group(1)
+    interaction.expire_token()  # Discord's 15 minutes are over: webhook calls now get 401/50027
+    message = await result_message(bot, short)
+    assert message.attachment is not None and message.webhook_id is None  # posted with the bot token
+
+
+# -- buttons ---------------------------------------------------------------------------------------
+
+
+async def test_reroll_queues_the_same_parameters_with_a_new_seed(running_bot: BotProcess) -> None:
+    bot = running_bot
+    short = await queue_job(bot, "imagine", {"prompt": "a blue bird", **TINY, "seed": 99}, user="frank")
+    original = await result_message(bot, short)
+    click = await bot.discord.click(original, f"job:reroll:{job_id_of(original)}", user=bot.members["grace"])
+    reply = await private_reply(click)
+    reroll_short = QUEUED.search(reply.content).group(1)
+    reroll = await result_message(bot, reroll_short)
+    fields = {f["name"]: f["value"] for f in reroll.embed["fields"]}
+    assert fields["Seed"] != "99" and fields["Steps"] == "2" and fields["Size"] == "64×64"
+    assert fields["Reroll of"] == f"`{short}`"
+    assert reroll.pings().users == {bot.members["grace"].user.id}
+
+
+async def test_only_the_owner_or_an_admin_can_delete_a_result(running_bot: BotProcess) -> None:
+    bot = running_bot
+    short = await queue_job(bot, "imagine", {"prompt": "a teapot", **TINY}, user="heidi")
+    message = await result_message(bot, short)
+    custom_id = f"job:delete:{job_id_of(message)}"
+
+    refused = await bot.discord.click(message, custom_id, user=bot.members["stranger"])
+    response = await refused.wait_for_response()
+    assert response.ephemeral and "Only the member who asked" in response.content
+    assert not message.deleted
+
+    allowed = await bot.discord.click(message, custom_id, user=bot.members["heidi"])
+    await private_reply(allowed)
+    assert message.deleted
+
+
+async def test_cancel_buttons_stop_a_queued_job_at_once_and_a_running_one_at_its_next_step(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    running = await queue_job(bot, "video", {"prompt": "a long take", **SLOW_VIDEO}, user="carol")
+    waiting = await queue_job(bot, "imagine", {"prompt": "never mind", **TINY}, user="alice")
+    for short, owner in ((waiting, "alice"), (running, "carol")):
+        status = status_message(bot, short)
+        cancel_id = next(
+            c["custom_id"] for c in status.iter_components() if c["custom_id"].startswith("job:cancel")
+        )
+        refusal = await private_reply(
+            await bot.discord.click(status, cancel_id, user=bot.members["stranger"])
+        )
+        assert "cancelled" not in refusal.content and "being cancelled" not in refusal.content
+        reply = await private_reply(await bot.discord.click(status, cancel_id, user=bot.members[owner]))
+        assert f"`{short}` is" in reply.content
+        await bot.discord.wait_until(
+            lambda s=status: "Cancelled" in s.content, timeout=20, what="status: cancelled"
+        )
+        assert status.components == []  # no buttons left on a finished job
+    assert "step" in "".join(v.content for v in status_message(bot, running).versions)  # it had started
+
+
+# -- member lookups -----------------------------------------------------------------------------------
+
+
+async def test_queue_history_info_and_help_answer_privately(running_bot: BotProcess) -> None:
+    bot = running_bot
+    short = await queue_job(bot, "imagine", {"prompt": "history lesson", **TINY, "seed": 4242}, user="bob")
+    await result_message(bot, short)
+
+    history = await private_reply(await ask(bot, "history", user="bob"))
+    assert any("seed 4242" in f["name"] and "history lesson" in f["value"] for f in history.embed["fields"])
+    status = await private_reply(await ask(bot, "queue status", user="bob"))
+    assert "**Queue:**" in status.content
+    info = await private_reply(await ask(bot, "info", user="bob"))
+    fields = {f["name"]: f["value"] for f in info.embed["fields"]}
+    assert "tiny-image" in fields["Models"] and fields["Worker"] == "alive" and fields["Store"] == "ok"
+    help_reply = await (await ask(bot, "help", user="bob")).wait_for_response()
+    assert help_reply.ephemeral and "/imagine" in help_reply.content
+
+
+async def test_defer_within_three_seconds_with_fifty_jobs_waiting(running_bot: BotProcess) -> None:
+    bot = running_bot
+    busy = await queue_job(bot, "video", {"prompt": "keep the GPU busy", **SLOW_VIDEO}, user="erin")
+    try:
+        users = ["alice", "bob", "carol", "dave", "frank"]
+        interactions = []
+        for i in range(50):
+            interactions.append(
+                await ask(bot, "imagine", {"prompt": f"crowd {i}", **TINY}, user=users[i % 5])
+            )
+        replies = [await private_reply(i, timeout=30) for i in interactions]
+        latencies = [i.response.latency_s for i in interactions]
+        assert max(latencies) < 3.0, max(latencies)
+        assert all(QUEUED.search(r.content) for r in replies), [
+            r.content for r in replies if "Queued" not in r.content
+        ]
+        status = await private_reply(await ask(bot, "queue status", user="carol"))
+        assert "50 waiting" in status.content and "position" in status.content
+    finally:
+        purge = await private_reply(await ask(bot, "admin purge", {}, user="admin"))
+        await private_reply(await ask(bot, "queue cancel", {"job": busy}, user="erin"))
+    assert "Cancelled 50 queued job(s)" in purge.content
+
+
+# -- delivery fallbacks ------------------------------------------------------------------------------------
+
+
+async def test_a_video_over_the_upload_limit_is_reencoded_to_fit(running_bot: BotProcess) -> None:
+    bot = running_bot
+    short = await queue_job(
+        bot,
+        "video",
+        {"prompt": "static noise", "steps": 2, "frames": 32, "fps": 8},
+        user="alice",
+        guild="small",
+    )
+    message = await result_message(bot, short)
+    assert message.attachment is not None and message.attachment.filename.endswith(".mp4")
+    assert message.attachment.size <= SMALL_UPLOAD_LIMIT
+    assert "re-encoded to" in bot.log_text() or "Download" in str(message.embed)
+
+
+async def test_a_file_discord_refuses_as_too_large_arrives_as_a_signed_link_with_a_poster(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    short = await queue_job(bot, "video", {"prompt": "too big", **TINY_VIDEO, "steps": 20}, user="carol")
+    # the status message is up; the next post is the result, which Discord will refuse
+    rule = bot.discord.fail_next(
+        "POST", r"/channels/\d+/messages$", 413, code=40005, message="Request entity too large", times=1
+    )
+    message = await result_message(bot, short)
+    assert rule.hits == 1
+    download = next(f for f in message.embed["fields"] if f["name"] == "Download")
+    url = re.search(r"\((http[^)]+)\)", download["value"]).group(1)
+    assert url.startswith(bot.web_url)
+    assert message.attachment is not None and message.attachment.filename.startswith("poster-")
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200 and response.content_type == "video/mp4"
+        body = await response.read()
+    assert body[4:8] == b"ftyp"
+    signed = yarl.URL(url)
+    forged = signed.update_query(s="A" * len(signed.query["s"]))
+    async with aiohttp.ClientSession() as http, http.get(forged) as response:
+        assert response.status in (403, 404)  # the link cannot be guessed or altered
+
+
+# -- admins -------------------------------------------------------------------------------------------------
+
+
+async def test_members_without_manage_server_cannot_use_admin_commands(running_bot: BotProcess) -> None:
+    bot = running_bot
+    interaction = await bot.discord.invoke_slash(
+        "admin ban",
+        {"user": bot.members["bob"]},
+        user=bot.members["stranger"],
+        guild=bot.art,
+        validate=False,
+    )
+    reply = await interaction.wait_for_response()
+    text = reply.content or (await interaction.wait_for_followup()).content
+    assert "Manage Server" in text
+
+
+async def test_ban_blocklist_channels_quota_stats_and_audit(running_bot: BotProcess) -> None:
+    bot = running_bot
+
+    await private_reply(
+        await ask(bot, "admin ban", {"user": bot.members["dave"], "reason": "spam"}, user="admin")
+    )
+    refused = await private_reply(await ask(bot, "imagine", {"prompt": "let me in", **TINY}, user="dave"))
+    assert "banned" in refused.content.lower() and "spam" in refused.content
+    await private_reply(await ask(bot, "admin unban", {"user": bot.members["dave"]}, user="admin"))
+
+    bad = await private_reply(await ask(bot, "admin blocklist add", {"entry": "re:(unclosed"}, user="admin"))
+    assert "regular expression is invalid" in bad.content
+    await private_reply(await ask(bot, "admin blocklist add", {"entry": "Forbidden"}, user="admin"))
+    await private_reply(await ask(bot, "admin blocklist add", {"entry": r"re:gh?ost\w*"}, user="admin"))
+    listed = await private_reply(await ask(bot, "admin blocklist list", user="admin"))
+    assert "forbidden" in listed.content and "re:gh?ost" in listed.content
+    for prompt in ("a FORBIDDEN fruit", "ghosts in the hall"):
+        blocked = await private_reply(await ask(bot, "imagine", {"prompt": prompt, **TINY}, user="dave"))
+        assert "does not allow" in blocked.content
+    await private_reply(await ask(bot, "admin blocklist remove", {"entry": "forbidden"}, user="admin"))
+    await private_reply(await ask(bot, "admin blocklist remove", {"entry": r"re:gh?ost\w*"}, user="admin"))
+
+    studio_channel = bot.art.channel("studio")
+    studio = studio_channel.id
+    await private_reply(await ask(bot, "admin channels allow", {"channel": studio_channel}, user="admin"))
+    elsewhere = await private_reply(await ask(bot, "imagine", {"prompt": "here?", **TINY}, user="dave"))
+    assert "can only be used in" in elsewhere.content and f"<#{studio}>" in elsewhere.content
+    short = await queue_job(
+        bot, "imagine", {"prompt": "in the studio", **TINY}, user="dave", channel="studio"
+    )
+    await result_message(bot, short)
+    await private_reply(await ask(bot, "admin channels disallow", {"channel": studio_channel}, user="admin"))
+    await private_reply(await ask(bot, "admin channels nsfw_only", {"enabled": True}, user="admin"))
+    sfw = await private_reply(await ask(bot, "imagine", {"prompt": "x", **TINY}, user="dave"))
+    assert "age-restricted" in sfw.content
+    await private_reply(await ask(bot, "admin channels nsfw_only", {"enabled": False}, user="admin"))
+
+    quota = await private_reply(
+        await ask(bot, "admin quota", {"user": bot.members["dave"], "max_queued": 0}, user="admin")
+    )
+    assert "0 job(s) waiting" in quota.content
+    over = await private_reply(await ask(bot, "imagine", {"prompt": "one more", **TINY}, user="dave"))
+    assert "Queued" not in over.content
+    await private_reply(await ask(bot, "admin quota", {"user": bot.members["dave"]}, user="admin"))
+
+    stats = await private_reply(await ask(bot, "admin stats", {"days": 1}, user="admin"))
+    assert "jobs" in stats.embed["description"] and any(
+        "tiny-image" in f["name"] for f in stats.embed["fields"]
+    )
+    audit = await private_reply(await ask(bot, "admin audit", {"limit": 25}, user="admin"))
+    for action in (
+        "ban",
+        "unban",
+        "blocklist_add",
+        "blocklist_remove",
+        "channel_allow",
+        "nsfw_only",
+        "quota",
+    ):
+        assert f"**{action}**" in audit.content, action
