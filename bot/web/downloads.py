@@ -35,16 +35,28 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/gallery/{job_id}/poster", gallery_poster, name="gallery_poster")
 
 
-async def gallery_allowed(store: Store, job: Job) -> bool:
-    """A complete job from the REST API, or from a guild whose admins made the gallery public."""
+async def gallery_allowed(store: Store, job: Job, cache: dict[str, bool] | None = None) -> bool:
+    """A complete job from the REST API, or from a guild whose admins made the gallery public.
+
+    `cache` (guild id -> public) saves repeated guild lookups while rendering one page.
+    """
     if job.state is not JobState.COMPLETE or not job.result_path:
         return False
+    return await shown_publicly(store, job, cache)
+
+
+async def shown_publicly(store: Store, job: Job, cache: dict[str, bool] | None = None) -> bool:
+    """Whether the job's prompt and result may appear on the public status page."""
     if job.source is Source.API:
         return True
     if job.guild_id is None:  # direct messages stay private
         return False
-    guild = await store.get_guild_settings(job.guild_id)
-    return bool(guild.gallery_public)
+    if cache is not None and job.guild_id in cache:
+        return cache[job.guild_id]
+    public = bool((await store.get_guild_settings(job.guild_id)).gallery_public)
+    if cache is not None:
+        cache[job.guild_id] = public
+    return public
 
 
 async def _result_file(job: Job | None) -> Path:

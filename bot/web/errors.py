@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -159,7 +158,3 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         metrics.HTTP_REQUESTS.labels(
             route=_route_name(request), method=request.method, status=str(status)
         ).inc()
-
-
-def json_error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}

@@ -15,9 +15,9 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from bot.jobs import Job, JobState, Source
 from bot.store import Store, StoreUnavailable
 from bot.web.api import job_progress
+from bot.web.downloads import gallery_allowed, shown_publicly
 from bot.web.keys import QUEUE_KEY, STORE_KEY
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ async def status_page(request: web.Request) -> web.Response:
         prompt = None
         if store_error is None:
             try:
-                prompt = job.prompt if await _public(store, job, public_guilds) else None
+                prompt = job.prompt if await shown_publicly(store, job, public_guilds) else None
             except StoreUnavailable:
                 prompt = None
         elapsed = None
@@ -92,20 +92,10 @@ async def status_page(request: web.Request) -> web.Response:
     )
 
 
-async def _public(store: Store, job: Job, cache: dict[str, bool]) -> bool:
-    if job.source is Source.API:
-        return True
-    if job.guild_id is None:
-        return False
-    if job.guild_id not in cache:
-        cache[job.guild_id] = bool((await store.get_guild_settings(job.guild_id)).gallery_public)
-    return cache[job.guild_id]
-
-
 async def _gallery(store: Store, cache: dict[str, bool]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for job in await store.recent_results(limit=GALLERY_SCAN):
-        if job.state is not JobState.COMPLETE or not job.result_path or not await _public(store, job, cache):
+        if not await gallery_allowed(store, job, cache):
             continue
         params = job.params or {}
         extra = None
