@@ -19,6 +19,7 @@ from discord.ext import commands
 from bot import metrics
 from bot.actions import Actions
 from bot.delivery import DiscordDelivery
+from bot.formatting import incident_id
 from bot.jobs import Job
 from bot.moderation import Moderator
 from bot.queue import JobQueue
@@ -47,7 +48,7 @@ class ImagineTree(app_commands.CommandTree["ImagineBot"]):
         elif isinstance(cause, app_commands.TransformerError):
             text = f"That value for `{cause.value!r}` doesn't fit this option."
         else:
-            incident = discord.utils.utcnow().strftime("%Y%m%d%H%M%S")
+            incident = incident_id()
             log.error(
                 "incident %s in /%s",
                 incident,

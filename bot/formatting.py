@@ -7,6 +7,7 @@ User text (prompts, names) is escaped so that it can neither ping nor break the 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import discord
@@ -44,6 +45,11 @@ def progress_bar(step: int, total: int, width: int = BAR_WIDTH) -> str:
     total = max(total, 1)
     filled = min(width, max(0, round(width * step / total)))
     return "▰" * filled + "▱" * (width - filled)
+
+
+def incident_id() -> str:
+    """A short random id that a member can quote and an admin can grep the log for."""
+    return uuid.uuid4().hex[:8]
 
 
 def short_id(job_id: str) -> str:

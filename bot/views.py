@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
-from bot.formatting import short_id
+from bot.formatting import incident_id, short_id
 from generation.errors import UserError
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"job:
         except UserError as exc:
             await _bot(interaction).reply_privately(interaction, exc.message)
         except Exception:
-            incident = discord.utils.utcnow().strftime("%Y%m%d%H%M%S")
+            incident = incident_id()
             log.exception("incident %s on button %s for job %s", incident, self.action, self.job_id)
             await _bot(interaction).reply_privately(
                 interaction, f"Sorry, something went wrong on our side (incident `{incident}`)."

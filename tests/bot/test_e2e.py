@@ -391,6 +391,18 @@ async def test_ban_blocklist_channels_quota_stats_and_audit(running_bot: BotProc
     assert "Queued" not in over.content
     await private_reply(await ask(bot, "admin quota", {"user": bot.members["dave"]}, user="admin"))
 
+    await private_reply(await ask(bot, "admin pause", {"reason": "maintenance"}, user="admin"))
+    paused = await private_reply(
+        await ask(bot, "imagine", {"prompt": "during maintenance", **TINY}, user="dave")
+    )
+    assert "paused" in paused.content and "Queued" not in paused.content
+    overview = await private_reply(await ask(bot, "queue status", user="dave"))
+    assert "paused" in overview.content
+    await private_reply(await ask(bot, "admin resume", {}, user="admin"))
+    await result_message(
+        bot, await queue_job(bot, "imagine", {"prompt": "after maintenance", **TINY}, user="dave")
+    )
+
     stats = await private_reply(await ask(bot, "admin stats", {"days": 1}, user="admin"))
     assert "jobs" in stats.embed["description"] and any(
         "tiny-image" in f["name"] for f in stats.embed["fields"]
