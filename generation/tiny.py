@@ -125,7 +125,9 @@ def _tokenizer() -> Any:
 
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer_files(Path(tmp))
-        return CLIPTokenizer.from_pretrained(tmp, model_max_length=MAX_TOKENS)
+        # local_files_only is saved into tokenizer_config.json: fix it, or the twin's bytes
+        # would depend on whether HF_HUB_OFFLINE happened to be set when it was built
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=MAX_TOKENS, local_files_only=True)
 
 
 def _text_encoder(vocab_size: int) -> Any:
