@@ -71,6 +71,9 @@ REDELIVER_SCAN = 200
 #: above this many queued jobs, cached costs are refreshed at most every COST_REFRESH_S
 COST_REFRESH_EAGER_MAX = 2000
 COST_REFRESH_S = 10.0
+#: how long the queue trusts its own running total of a member's GPU seconds today
+USAGE_TTL_S = 300.0
+USAGE_CACHE_MAX = 10_000
 
 
 # --------------------------------------------------------------------------- errors members see
@@ -331,6 +334,8 @@ class JobQueue:
         self._cost_version = self.costs.version
         self._cost_refreshed = 0.0
         self._costs_dirty = False
+        #: user id -> (day it counts from, GPU seconds used since, when it was read from the store)
+        self._usage: dict[str, tuple[datetime, float, float]] = {}
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -478,12 +483,12 @@ class JobQueue:
             return  # no quota
         now = self.clock()
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        usage = await self.store.user_usage(job.user_id, since=day)
+        used = await self._used_today(job.user_id, day)
         pending = sum(self._estimate(j) for j in self.order.jobs_for_user(job.user_id))
         pending += sum(
             a.cost for a in self._active.values() if a.job.user_id == job.user_id and a.phase != "finishing"
         )
-        if usage.gpu_seconds + pending >= limit:
+        if used + pending >= limit:
             reset = day + timedelta(days=1) - now
             hours, minutes = divmod(int(reset.total_seconds()) // 60, 60)
             waiting = (
@@ -493,6 +498,35 @@ class JobQueue:
                 f"You have used your {limit / 60:.0f} GPU minutes for today{waiting}. "
                 f"The quota resets at 00:00 UTC, in {hours} h {minutes} min."
             )
+
+    async def _used_today(self, user_id: str, day: datetime) -> float:
+        """GPU seconds of the member's requests made since `day`: asked of the store once, then kept
+        up to date here as jobs finish (the queue sees every one), re-read after USAGE_TTL_S in case
+        an admin changed something behind our back."""
+        cached = self._usage.get(user_id)
+        now = time.monotonic()
+        if cached is not None and cached[0] == day and now - cached[2] < USAGE_TTL_S:
+            return cached[1]
+        usage = await self.store.user_usage(user_id, since=day)
+        self._usage[user_id] = (day, usage.gpu_seconds, now)
+        if len(self._usage) > USAGE_CACHE_MAX:
+            oldest = sorted(self._usage, key=lambda u: self._usage[u][2])[: len(self._usage) // 2]
+            for user in oldest:
+                del self._usage[user]
+        return usage.gpu_seconds
+
+    def forget_usage(self, user_id: str | None = None) -> None:
+        """Drop the kept GPU-second totals (of one member, or all): call after deleting a member's
+        data or editing usage outside the queue, so the next quota check asks the store."""
+        if user_id is None:
+            self._usage.clear()
+        else:
+            self._usage.pop(user_id, None)
+
+    def _count_usage(self, job: Job, gpu_seconds: float) -> None:
+        cached = self._usage.get(job.user_id)
+        if cached is not None and job.created_at >= cached[0]:
+            self._usage[job.user_id] = (cached[0], cached[1] + gpu_seconds, cached[2])
 
     # -- cancel, pause, delivery -------------------------------------------------------------
 
@@ -883,21 +917,19 @@ class JobQueue:
                 "job %s: could not record its end (%s): lease lost or store down", job_id, outcome.state.value
             )
             return
+        if outcome.state is JobState.COMPLETE:
+            self._offered.add(job_id)
+        # listeners first (delivery should not wait on bookkeeping), then the request-log counters
+        self._bus.emit(_Event("finished", done, result=outcome.result))
         if outcome.state is JobState.COMPLETE and outcome.gpu_seconds > 0:
             self.costs.observe(self._cost_params(done), outcome.gpu_seconds)
-            try:
-                await self.costs.save(self.store)
-                self._costs_dirty = False
-            except StoreUnavailable:
-                self._costs_dirty = True  # the maintenance loop saves it later
+            self._costs_dirty = True  # saved by the maintenance loop (and at stop)
         if outcome.gpu_seconds > 0 or outcome.state is JobState.COMPLETE:
+            self._count_usage(done, outcome.gpu_seconds)
             try:
                 await self.store.add_usage(done.user_id, jobs=1, gpu_seconds=outcome.gpu_seconds)
             except StoreUnavailable:
                 log.warning("job %s: usage not recorded (store unavailable)", job_id)
-        if outcome.state is JobState.COMPLETE:
-            self._offered.add(job_id)
-        self._bus.emit(_Event("finished", done, result=outcome.result))
         t = outcome.timings
         log.info(
             "job %s %s: %s %s for %s, waited %.1fs, gpu %.2fs, load %.2fs, encode %.2fs, try %d%s",

@@ -137,7 +137,8 @@ async def test_interleaved_burst_runs_round_robin_with_positions_and_etas(
     measured = [(await store.get_job(j)).gpu_seconds for j in [blocker.job.id, *fair]]  # type: ignore[union-attr]
     learned = queue.costs.estimate(subs[0].job.params)
     assert min(measured) <= learned <= max(measured)  # type: ignore[type-var]
-    # persisted through the store's meta for the next start
+    # persisted through the store's meta for the next start (at the latest when the queue stops)
+    await queue.stop()
     again = CostModel()
     await again.load(store)
     assert again.estimate(subs[0].job.params) == pytest.approx(learned)
