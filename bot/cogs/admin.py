@@ -73,30 +73,60 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Moderate t
         return count
 
     # -- bans ---------------------------------------------------------------------------------------
+    def _ban_target(self, user: discord.User | None, api_key: str | None) -> tuple[str, str]:
+        """The store's user id and a label: a member, or a REST API key's owner (`api:<name>`)."""
+        if (user is None) == (api_key is None):
+            raise InvalidRequest("Name either a member or an API key.")
+        if user is not None:
+            return str(user.id), user.mention
+        assert api_key is not None
+        if api_key not in self.bot.settings.api_keys:
+            known = ", ".join(sorted(self.bot.settings.api_keys)) or "none configured"
+            raise InvalidRequest(f"No API key is named `{safe_text(api_key, 60)}` (known: {known}).")
+        return f"api:{api_key}", f"API key `{api_key}`"
+
     @app_commands.command(name="ban")
-    @app_commands.describe(user="Member to ban from the bot", reason="Shown to them when they try")
+    @app_commands.describe(
+        user="Member to ban from the bot",
+        api_key="Or: the name of a REST API key (from API_KEYS) to ban",
+        reason="Shown to them when they try",
+    )
     async def ban(
-        self, interaction: discord.Interaction[Any], user: discord.User, reason: str | None = None
+        self,
+        interaction: discord.Interaction[Any],
+        user: discord.User | None = None,
+        api_key: str | None = None,
+        reason: str | None = None,
     ) -> None:
-        """Stop a member from using the bot (their queued jobs are cancelled)."""
+        """Stop a member (or an API key) from using the bot; their queued jobs are cancelled."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await self.bot.store.set_ban(str(user.id), banned=True, reason=reason, by=str(interaction.user.id))
-        cancelled = await self._purge(interaction, user_id=str(user.id))
+        target, label = self._ban_target(user, api_key)
+        await self.bot.store.set_ban(target, banned=True, reason=reason, by=str(interaction.user.id))
+        cancelled = await self._purge(interaction, user_id=target)
         await self.bot.audit(
-            interaction, action="ban", target=str(user.id), reason=reason, details={"cancelled": cancelled}
+            interaction, action="ban", target=target, reason=reason, details={"cancelled": cancelled}
         )
-        await self._done(interaction, f"Banned {user.mention}; {cancelled} queued job(s) cancelled.")
+        await self._done(interaction, f"Banned {label}; {cancelled} queued job(s) cancelled.")
 
     @app_commands.command(name="unban")
-    @app_commands.describe(user="Member to allow again", reason="Why (for the audit log)")
+    @app_commands.describe(
+        user="Member to allow again",
+        api_key="Or: the name of a REST API key",
+        reason="Why (for the audit log)",
+    )
     async def unban(
-        self, interaction: discord.Interaction[Any], user: discord.User, reason: str | None = None
+        self,
+        interaction: discord.Interaction[Any],
+        user: discord.User | None = None,
+        api_key: str | None = None,
+        reason: str | None = None,
     ) -> None:
-        """Allow a banned member to use the bot again."""
+        """Allow a banned member (or API key) to use the bot again."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await self.bot.store.set_ban(str(user.id), banned=False, reason=reason, by=str(interaction.user.id))
-        await self.bot.audit(interaction, action="unban", target=str(user.id), reason=reason)
-        await self._done(interaction, f"Unbanned {user.mention}.")
+        target, label = self._ban_target(user, api_key)
+        await self.bot.store.set_ban(target, banned=False, reason=reason, by=str(interaction.user.id))
+        await self.bot.audit(interaction, action="unban", target=target, reason=reason)
+        await self._done(interaction, f"Unbanned {label}.")
 
     # -- blocklist ------------------------------------------------------------------------------------
     @blocklist.command(name="add")

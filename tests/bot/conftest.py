@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_UPLOAD_LIMIT = 24 * 1024
+API_SECRET = "e2e-" + "s3cret" * 4
 
 
 class SmallUploadGuild(FakeGuild):
@@ -100,6 +102,7 @@ def bot_env(discord: FakeDiscord, workdir: Path, model_cache: Path, web_port: in
             "DAILY_GPU_SECONDS_PER_USER": "100000",
             "PROGRESS_EDIT_INTERVAL_S": "2",
             "OMP_NUM_THREADS": "1",
+            "API_KEYS": json.dumps({"postman": API_SECRET}),
         }
     )
     return env

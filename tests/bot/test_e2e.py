@@ -19,7 +19,7 @@ import pytest
 import yarl
 from PIL import Image
 
-from tests.bot.conftest import SMALL_UPLOAD_LIMIT, BotProcess
+from tests.bot.conftest import API_SECRET, SMALL_UPLOAD_LIMIT, BotProcess
 from tests.fake_discord import FakeInteraction, FakeMessage
 
 log = logging.getLogger(__name__)
@@ -418,3 +418,19 @@ async def test_ban_blocklist_channels_quota_stats_and_audit(running_bot: BotProc
         "quota",
     ):
         assert f"**{action}**" in audit.content, action
+
+
+async def test_an_admin_ban_of_an_api_key_locks_it_out_of_the_rest_api(running_bot: BotProcess) -> None:
+    bot = running_bot
+    headers = {"Authorization": f"Bearer {API_SECRET}"}
+    body = {"prompt": "via REST", "steps": 2, "width": 64, "height": 64}
+    unknown = await private_reply(await ask(bot, "admin ban", {"api_key": "nope"}, user="admin"))
+    assert "No API key is named" in unknown.content and "postman" in unknown.content
+    await private_reply(await ask(bot, "admin ban", {"api_key": "postman", "reason": "leaked"}, user="admin"))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{bot.web_url}/api/v1/images", json=body, headers=headers) as response:
+            assert response.status == 403
+            assert (await response.json())["error"]["code"] == "banned"
+        await private_reply(await ask(bot, "admin unban", {"api_key": "postman"}, user="admin"))
+        async with http.post(f"{bot.web_url}/api/v1/images", json=body, headers=headers) as response:
+            assert response.status == 202, await response.text()
