@@ -152,6 +152,33 @@ def test_an_exhausted_budget_still_prints_a_summary(tmp_path: Path) -> None:
     assert {row["status"] for row in rows.values()} == {"skipped_budget"}
 
 
+def test_compile_is_timed_separately_with_its_pay_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compile path's bookkeeping (a real CPU inductor compile takes minutes here)."""
+    import torch
+
+    compiled: list[str] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(type(self).__name__))
+    _verdict, lines, _ = run_gpu_bench([
+        "--dry-run", "--repeats", "1", "--peak-tflops", str(PEAK), "--budget-s", "600",
+        "--compile-reserve-s", "0", "--scenarios", "damo-256x256x16", "--recipes", "production", "compile",
+        "--results-dir", str(tmp_path),
+    ])
+    assert compiled == ["UNet3DConditionModel"]
+    kinds = [ln["figures"]["kind"] for ln in lines]
+    assert kinds == ["scenario", "compile", "summary"]
+    scenario, comp, summary = (ln["figures"] for ln in lines)
+    assert comp["record"]["settings"]["compile"] == "default"
+    record = comp["record"]
+    assert comp["compile_s"] == pytest.approx(record["compile_warm_s"] - record["warm_s"], abs=0.01)
+    assert comp["eager_job_s"] == scenario["production"]["job_s"]
+    assert comp["speedup_vs_eager"] == pytest.approx(comp["eager_job_s"] / comp["job_s"], rel=0.01)
+    row = summary["scenarios"]["damo-256x256x16"]
+    assert row["compiled_job_s"] == comp["job_s"] and row["compile_s"] == comp["compile_s"]
+    assert row["seed_status"] == "not run"
+
+
 def test_full_size_flop_counts_match_the_published_architectures() -> None:
     """UNet TFLOP per sample (the issue's reference counts: 0.80, 4.9, 21)."""
     expected = {"sd15-512x512": 0.80, "damo-256x256x16": 4.9, "zeroscope-576x320x24": 21.0}
@@ -159,6 +186,34 @@ def test_full_size_flop_counts_match_the_published_architectures() -> None:
         if scenario.name in expected:
             per_sample = gpu.unet_flops(scenario.family, scenario, tiny=False) / 2e12
             assert per_sample == pytest.approx(expected[scenario.name], rel=0.05), scenario.name
+
+
+def test_full_size_production_settings_fit_the_architectures() -> None:
+    """Fused QKV (64 heads of 5 in damo's UNet3D), channels_last and SDPA, shape-checked on meta
+    tensors at full size: what only a lent card would otherwise find out."""
+    import diffusers
+    import torch
+
+    for scenario in (gpu.FULL_SCENARIOS[0], gpu.FULL_SCENARIOS[1]):
+        config = gpu.load_config(scenario.family, "unet", tiny=False)
+        with torch.device("meta"):
+            unet = getattr(diffusers, gpu.UNET_CLASS[scenario.family]).from_config(config).half()
+            vae_config = gpu.load_config(scenario.family, "vae", tiny=False)
+            vae = diffusers.AutoencoderKL.from_config(vae_config).half()
+        for model in (unet, vae):
+            model.fuse_qkv_projections()
+            gpu._set_conv_format(model, torch.channels_last)
+        h, w, f = scenario.height // 8, scenario.width // 8, scenario.frames
+        shape = (2, 4, f, h, w) if f else (2, 4, h, w)
+        context = torch.empty(2, 77, config["cross_attention_dim"], device="meta", dtype=torch.half)
+        with torch.no_grad():
+            sample = torch.empty(shape, device="meta", dtype=torch.half)
+            noise = unet(sample, torch.tensor(999, device="meta"), encoder_hidden_states=context).sample
+            pixels = vae.decode(torch.empty(max(f, 1), 4, h, w, device="meta", dtype=torch.half)).sample
+        assert tuple(noise.shape) == shape
+        assert tuple(pixels.shape) == (max(f, 1), 3, scenario.height, scenario.width)
+        gpu._drop_fused_projections(unet)
+        assert not any(hasattr(m, "to_qkv") or hasattr(m, "to_kv") for m in unet.modules())
 
 
 @pytest.mark.parametrize(("name", "peak"), [
