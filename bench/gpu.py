@@ -18,6 +18,10 @@ forward at batch 2, as classifier-free guidance runs it, counted with
 summary line follows. A `--budget-s` guard skips what no longer fits and always prints what
 it has, so one device call of about five minutes returns figures even when the card is slow.
 
+Order, most wanted first: damo 256x256x16 (the bot's default video, and the issue's targets),
+its compiled UNet, SD 1.5 512x512, zeroscope 576x320x24, damo 256x256x64. The production dtype
+is chosen on a family's first scenario and reused for its larger ones.
+
 `--dry-run` runs the same code on CPU with scaled-down versions of the same architectures and
 2 steps; the test suite runs it so the script never rots between lent cards.
 """
@@ -521,10 +525,9 @@ def measure(
         return record, None
     try:
         record["settings"] = rig.apply(recipe, dtype, scenario)
-        if compile_mode is not None:
+        if compile_mode is not None:  # the first call compiles; a second warm-up shows the rest
             rig.pipe.unet.compile(mode=None if compile_mode == "default" else compile_mode)
             record["settings"]["compile"] = compile_mode
-        if compile_mode is not None:  # the first call compiles; a second warm-up shows the rest
             t0 = time.perf_counter()
             run_job(rig, scenario, steps=opts.warm_steps, seed=opts.seed)
             record["compile_warm_s"] = round(time.perf_counter() - t0, 4)

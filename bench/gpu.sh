@@ -19,7 +19,11 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
     # Wheels for the lent machine's Python 3.12 on x86-64, within pyproject.toml's pins.
     # imageio-ffmpeg 0.7.0, not 0.8.1: the newer wheel is 68 MB, over the 64 MiB a call carries
     # (0.5 and 0.6 reject the Fraction fps that generation.media passes).
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    exclude=.git/info/exclude
+    if ! grep -qx '/.whl/' "$exclude" 2>/dev/null; then
+        [ -s "$exclude" ] && [ -n "$(tail -c1 "$exclude")" ] && echo >> "$exclude"
+        echo '/.whl/' >> "$exclude"
+    fi
     mkdir -p .whl
     PIP="${PIP:-python3 -m pip}"
     [ -x .venv/bin/python ] && PIP=".venv/bin/python -m pip"
