@@ -216,6 +216,22 @@ def test_full_size_production_settings_fit_the_architectures() -> None:
         assert not any(hasattr(m, "to_qkv") or hasattr(m, "to_kv") for m in unet.modules())
 
 
+@pytest.mark.parametrize(("family", "pipeline", "width"), [
+    ("damo", "TextToVideoSDPipeline", 1024),  # OpenCLIP ViT-H/14 text tower, 23 layers
+    ("sd15", "StableDiffusionPipeline", 768),  # CLIP ViT-L/14 text tower, 12 layers
+])
+def test_full_size_pipelines_assemble(family: str, pipeline: str, width: int) -> None:
+    """The full-size components wrapped in the real pipeline, on meta tensors (no memory, no time)."""
+    import torch
+
+    pipe = gpu.build_pipeline(family, tiny=False, device="meta", dtype=torch.float16)
+    assert type(pipe).__name__ == pipeline
+    ids = pipe.tokenizer(gpu.PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert tuple(ids.shape) == (1, 77) and int(ids.max()) < pipe.text_encoder.config.vocab_size
+    hidden = pipe.text_encoder(ids.to("meta")).last_hidden_state
+    assert tuple(hidden.shape) == (1, 77, width) == (1, 77, pipe.unet.config.cross_attention_dim)
+
+
 @pytest.mark.parametrize(("name", "peak"), [
     ("NVIDIA H100 80GB HBM3", 989.0),
     ("NVIDIA H100 PCIe", 756.0),
