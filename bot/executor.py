@@ -123,8 +123,12 @@ class Executor(Protocol):
 class InProcessExecutor:
     """The GPU thread of this process, plus one encode thread for PNG/MP4 and disk writes.
 
-    A slot is free when the GPU thread is idle and fewer than `max_encode_backlog` results wait
-    for encoding, so a slow disk cannot make finished frames pile up in memory.
+    A slot is free when the GPU thread is idle, or when its job has done its last denoising step
+    (only the VAE decode is left) and no other job waits: the scheduler then claims the next
+    job during the decode (a durable store write, milliseconds on a busy disk) and the GPU
+    thread starts it the moment the current one ends. No slot is offered while
+    `max_encode_backlog` results wait for encoding, so a slow disk cannot make finished frames
+    pile up in memory.
     """
 
     name = "inprocess"
@@ -160,6 +164,7 @@ class InProcessExecutor:
         self._host = socket.gethostname()
         self._stopping = False
         self._idle = asyncio.Event()
+        self._decoding: str | None = None  # the job that did its last step (decoding now)
 
     # -- Executor --------------------------------------------------------------------------
 
@@ -198,9 +203,10 @@ class InProcessExecutor:
         worker = self._worker
         deadline = time.monotonic() + timeout_s
         if worker is not None:
-            if not graceful:
-                for job_id in list(self._jobs):
-                    worker.cancel(job_id)
+            running = worker.running_job_id
+            for job_id in list(self._jobs):
+                if not graceful or job_id != running:
+                    worker.cancel(job_id)  # a job that has not started yet is not waited for
             if not await self._wait_idle(deadline - time.monotonic()):
                 for job_id in list(self._jobs):  # past the deadline: stop at the next step
                     worker.cancel(job_id)
@@ -229,9 +235,14 @@ class InProcessExecutor:
         worker = self._worker
         if self._stopping or worker is None or not worker.wait_ready(0):
             return 0
-        if worker.busy or self._jobs or len(self._encoding) >= self.max_encode_backlog:
+        if len(self._encoding) >= self.max_encode_backlog or len(self._jobs) > 1:
             return 0
-        return 1
+        if not self._jobs:
+            return 0 if worker.busy else 1
+        (running,) = self._jobs
+        if running == self._decoding and not worker.has_waiting:
+            return 1  # claim-ahead: the next job waits for the device, not for the store
+        return 0
 
     async def execute(self, job: Job) -> None:
         from generation.params import request_from_dict
@@ -255,6 +266,15 @@ class InProcessExecutor:
     async def cancel(self, job_id: str) -> bool:
         worker = self._worker
         return bool(worker is not None and job_id in self._jobs and worker.cancel(job_id))
+
+    def models_loaded(self) -> str:
+        """Empty when the preloaded models are resident, else why not (the /readyz models check)."""
+        worker = self._worker
+        if worker is None or not worker.wait_ready(0):
+            return "models not loaded (the GPU worker is still starting)"
+        if worker.manager is None:
+            return "models not loaded (the GPU worker could not start; see the log)"
+        return "; ".join(f"model {m} failed to load: {why}" for m, why in worker.load_errors.items())
 
     def workers(self) -> list[WorkerInfo]:
         worker = self._worker
@@ -288,9 +308,7 @@ class InProcessExecutor:
         assert self._loop is not None
         image = info.preview
         preview: PreviewFn | None = (lambda: preview_png(image)) if image is not None else None
-        self._loop.call_soon_threadsafe(
-            self._sink_call, "job_progress", job_id, info.step, info.total, preview
-        )
+        self._loop.call_soon_threadsafe(self._stepped, job_id, info.step, info.total, preview)
 
     def _on_done(self, outcome: WorkOutcome) -> None:
         assert self._loop is not None
@@ -309,8 +327,16 @@ class InProcessExecutor:
         except Exception:
             log.exception("executor sink %s failed", method)
 
+    def _stepped(self, job_id: str, step: int, total: int, preview: PreviewFn | None) -> None:
+        self._sink_call("job_progress", job_id, step, total, preview)
+        if total and step >= total and job_id in self._jobs and self._decoding != job_id:
+            self._decoding = job_id
+            self._sink_call("slot_free")
+
     def _gpu_done(self, outcome: WorkOutcome) -> None:
         job = self._jobs.pop(outcome.job_id, None)
+        if self._decoding == outcome.job_id:
+            self._decoding = None
         if not self._jobs:
             self._idle.set()
         if job is None:

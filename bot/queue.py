@@ -141,7 +141,8 @@ class RunningEntry:
     elapsed_s: float
     remaining_s: float
     worker_id: str | None
-    #: "running" on a worker, or "finishing" (the GPU is done; encoding and delivery remain)
+    #: "starting" (claimed, handed to a worker, waiting for its device), "running", or
+    #: "finishing" (the GPU is done; encoding and delivery remain)
     phase: str = "running"
 
 
@@ -149,7 +150,7 @@ class RunningEntry:
 class QueueSnapshot:
     """The queue at one moment, for /queue, /info, the REST API and metrics."""
 
-    #: the job on the GPU (the most recently started one when there are several workers)
+    #: the job on the GPU (the longest-running one when there are several workers)
     running: Job | None
     progress: RunningEntry | None
     active: list[RunningEntry]
@@ -666,21 +667,25 @@ class JobQueue:
         now = time.monotonic()
         active: list[RunningEntry] = []
         for a in self._active.values():
-            elapsed = now - a.started_mono if a.started_mono is not None else 0.0
+            if a.phase == "finishing":
+                phase = "finishing"
+            elif a.started_mono is None:
+                phase = "starting"  # claimed and handed over, waiting for the device
+            else:
+                phase = "running"
             active.append(
                 RunningEntry(
                     job=a.job,
                     step=a.step,
                     total=a.total,
-                    elapsed_s=elapsed,
+                    elapsed_s=now - a.started_mono if a.started_mono is not None else 0.0,
                     remaining_s=self._remaining(a, now),
                     worker_id=a.worker_id,
-                    phase="finishing" if a.phase == "finishing" else "running",
+                    phase=phase,
                 )
             )
-        running = [e for e in active if e.phase == "running"]
-        running.sort(key=lambda e: e.elapsed_s)
-        ahead0 = sum(e.remaining_s for e in running)
+        running = sorted((e for e in active if e.phase == "running"), key=lambda e: -e.elapsed_s)
+        ahead0 = sum(e.remaining_s for e in active if e.phase != "finishing")
         slots = max(1, self.executor.capacity)
         queued = [
             QueueEntry(job=job, position=i + 1, eta_s=(ahead0 + ahead) / slots, run_s=cost)
@@ -696,7 +701,8 @@ class JobQueue:
             counts={
                 "queued": len(self.order),
                 "running": len(running),
-                "finishing": len(active) - len(running),
+                "starting": sum(1 for e in active if e.phase == "starting"),
+                "finishing": sum(1 for e in active if e.phase == "finishing"),
                 "users_waiting": self.order.users(),
             },
             workers=self.executor.workers(),

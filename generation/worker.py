@@ -16,6 +16,9 @@ What it guarantees, as arq's worker does for its jobs:
   ``step_watchdog_s``. Such a job is failed at that deadline, the hung thread is abandoned (Python
   cannot kill a thread; it is a daemon and anything it reports later is dropped) and a fresh
   thread with a fresh :class:`PipelineManager` from the factory serves the next job;
+- **a model that cannot load** (missing weights, wrong repo id) fails its own jobs with a message
+  for the member and is listed in :attr:`GPUWorker.load_errors` with the reason for the admins;
+  the other models keep serving, and a later job that loads it clears the entry;
 - **out of memory**: ``torch.cuda.OutOfMemoryError`` frees memory, lowers the model's memory
   mode (`PipelineManager.downgrade_memory`) and retries, once per leaner mode; when no leaner
   mode is left the job fails with a message for the member, and the worker keeps serving.
@@ -48,6 +51,11 @@ OOM_MESSAGE = (
     "Try a smaller size, fewer frames or fewer steps."
 )
 CRASH_MESSAGE = "Something went wrong while generating (job {job_id}); the admins can find it in the log."
+#: what a member is told; the reason (paths, settings to change) goes to the log and /readyz
+UNAVAILABLE_MESSAGE = (
+    "The model {model} is not available right now (it could not be loaded). "
+    "The admins can see why in the bot's log; please try another model or try again later."
+)
 
 
 class WorkerBusy(RuntimeError):
@@ -154,6 +162,9 @@ class GPUWorker:
         self._ready = threading.Event()
         self.jobs_done = 0
         self.restarts = 0
+        #: model id -> why it could not be loaded (for /readyz); cleared once it loads. Replaced
+        #: whole on every change, so other threads may read it without the lock
+        self.load_errors: dict[str, str] = {}
         self.last_heartbeat = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -199,7 +210,19 @@ class GPUWorker:
             return self._run is not None or self._pending is not None
 
     @property
+    def has_waiting(self) -> bool:
+        """An item was handed over and has not started yet."""
+        with self._lock:
+            return self._pending is not None
+
+    @property
+    def running_job_id(self) -> str | None:
+        with self._lock:
+            return self._run.item.job_id if self._run is not None else None
+
+    @property
     def current_job_id(self) -> str | None:
+        """The running job, else the waiting one."""
         with self._lock:
             if self._run is not None:
                 return self._run.item.job_id
@@ -213,12 +236,17 @@ class GPUWorker:
     # -- feeding ---------------------------------------------------------------------------
 
     def submit(self, item: WorkItem) -> None:
-        """Hand over one item; raises WorkerBusy unless the worker is idle."""
+        """Hand over one item: it runs now, or right after the running one (one may wait).
+
+        Raises WorkerBusy when an item is already waiting: a feeder may claim the next job while
+        the current one decodes, so the device never waits on the feeder's bookkeeping, but
+        no further ahead than that.
+        """
         with self._lock:
             if self._stop.is_set() or self._current is None:
                 raise RuntimeError("GPUWorker is not running")
-            if self._run is not None or self._pending is not None:
-                raise WorkerBusy(f"worker {self.name} is busy")
+            if self._pending is not None:
+                raise WorkerBusy(f"worker {self.name} already has a job waiting")
             self._pending = item
             self._current.inbox.put(item)
 
@@ -249,13 +277,18 @@ class GPUWorker:
         try:
             if manager is None:
                 manager = self._factory()
-            for model_id in self._preload:
-                manager.load(model_id)
         except Exception as exc:
             log.exception("worker %s could not build its pipeline manager", self.name)
             startup_error: BaseException | None = exc
         else:
             startup_error = None
+            # one model that cannot load (missing weights, wrong repo id) must not take the
+            # others down: its jobs fail with a message, every other model keeps serving
+            for model_id in self._preload:
+                try:
+                    manager.load(model_id)
+                except Exception as exc:
+                    self._load_failed(model_id, exc)
             self._manager = manager
         self._ready.set()
         while True:
@@ -287,7 +320,8 @@ class GPUWorker:
                     exception=startup_error,
                 )
             else:
-                self._call(self._on_start, item.job_id)
+                if run.cancel_reason is None:  # a job cancelled while it waited never "starts"
+                    self._call(self._on_start, item.job_id)
                 outcome = self._execute(manager, run)
             outcome.worker_id = f"{self.name}-{me.number}"
             with self._lock:
@@ -322,7 +356,15 @@ class GPUWorker:
             if should_cancel():
                 raise GenerationCancelled("Cancelled before it started.")
             t0 = time.monotonic()
-            manager.load(request.model)
+            try:
+                manager.load(request.model)
+            except Exception as exc:
+                self._load_failed(request.model, exc)
+                outcome.error = UNAVAILABLE_MESSAGE.format(model=request.model)
+                outcome.exception = exc
+                return outcome
+            if request.model in self.load_errors:
+                self.load_errors = {m: r for m, r in self.load_errors.items() if m != request.model}
             outcome.load_s = time.monotonic() - t0
             outcome.memory_modes.append(manager.memory_mode(request.model))
             run.phase = "run"
@@ -421,9 +463,17 @@ class GPUWorker:
         if not self._stop.is_set():
             self._ready.clear()
             self._spawn(None)
+            with self._lock:  # a job waiting in the abandoned thread's inbox moves to the new one
+                if self._pending is not None and self._current is not None:
+                    self._current.inbox.put(self._pending)
         self._call(self._on_done, outcome)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _load_failed(self, model_id: str, exc: BaseException) -> None:
+        reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        self.load_errors = {**self.load_errors, model_id: reason}  # replaced, never mutated: read lock-free
+        log.error("worker %s: model %s could not be loaded: %s", self.name, model_id, reason)
 
     def _call(self, fn: Callable[..., None] | None, *args: object) -> None:
         if fn is None:

@@ -397,3 +397,50 @@ async def test_progress_reaches_listeners_with_previews_and_is_throttled(
     job = await throttled.submit(make_job(tiny_registry, "bob", steps=10))
     await rec2.finished(job.job.id)
     assert len([1 for j, *_ in rec2.progress if j == job.job.id]) == 1
+
+
+async def test_the_next_job_is_claimed_during_the_decode_and_can_still_be_cancelled(
+    sqlite_store: Store, start_queue, tiny_registry, isolated_pipeline_manager: PipelineManager
+) -> None:
+    manager = isolated_pipeline_manager
+    decode = threading.Event()
+    held = threading.Event()
+    real_run = manager.run
+
+    def slow_decode_run(request, **kwargs):  # type: ignore[no-untyped-def]
+        output = real_run(request, **kwargs)
+        if not held.is_set():  # the first job: pretend its VAE decode takes a while
+            held.set()
+            decode.wait(20)
+        return output
+
+    manager.run = slow_decode_run  # type: ignore[method-assign]
+    try:
+        queue, rec = await start_queue(sqlite_store, manager=manager)
+        first = await queue.submit(make_job(tiny_registry, "alice"))
+        second = await queue.submit(make_job(tiny_registry, "bob"))
+        third = await queue.submit(make_job(tiny_registry, "carol"))
+        assert await asyncio.to_thread(held.wait, 20)
+        # the first job did its last step: the next one was claimed while it decodes
+        await wait_for(lambda: queue.position(second.job.id) == 0)
+        snap = queue.snapshot()
+        assert snap.running is not None and snap.running.id == first.job.id
+        phases = {e.job.id: e.phase for e in snap.active}
+        assert phases == {first.job.id: "running", second.job.id: "starting"}
+        assert [e.job.id for e in snap.queued] == [third.job.id]
+        # the third waits for what is left of the first and all of the claimed-ahead second
+        assert snap.queued[0].eta_s >= (queue.remaining_s(second.job.id) or 0.0) > 0
+        stored = await sqlite_store.get_job(second.job.id)
+        assert stored is not None and stored.state is JobState.IN_PROGRESS
+
+        cancelling = await queue.cancel(second.job.id, by_user_id="bob")
+        assert cancelling.cancel_requested
+        decode.set()
+        assert (await rec.finished(first.job.id)).state is JobState.COMPLETE
+        ended = await rec.finished(second.job.id)
+        assert ended.state is JobState.CANCELLED and ended.gpu_seconds == 0
+        assert (await rec.finished(third.job.id)).state is JobState.COMPLETE
+        assert second.job.id not in rec.started
+    finally:
+        decode.set()
+        del manager.run
