@@ -352,9 +352,16 @@ async def test_restart_recovers_orphans_and_redelivers_only_undelivered_results(
         remote.id, owner="otherhost:42:z", lease_expires_at=now + timedelta(minutes=5), now=now
     )
 
+    # and a job that was queued before it all happened
+    waiting = make_job(tiny_registry, "zoe")
+    waiting.created_at = now - timedelta(hours=1)
+    await store.insert_job(waiting)
+
     queue, rec = await start_queue(store)
     recovered = await rec.finished(dead.id)
     assert recovered.state is JobState.COMPLETE and recovered.attempts == 2
+    await rec.finished(waiting.id)
+    assert rec.started[:2] == [dead.id, waiting.id]  # the re-queued job went to the front
     gave_up = await rec.finished(spent.id)
     assert gave_up.state is JobState.FAILED and "stopped" in (gave_up.error or "")
     still = await store.get_job(remote.id)
@@ -444,3 +451,22 @@ async def test_the_next_job_is_claimed_during_the_decode_and_can_still_be_cancel
     finally:
         decode.set()
         del manager.run
+
+
+async def test_leases_are_renewed_while_a_job_runs(
+    sqlite_store: Store, start_queue, tiny_registry, hooks
+) -> None:
+    queue, rec = await start_queue(sqlite_store, lease_s=0.3)
+    gate = hooks(Gate())
+    job = await queue.submit(make_job(tiny_registry, "alice"))
+    await gate.wait_entered()
+    first = await sqlite_store.get_job(job.job.id)
+    assert first is not None and first.lease_owner == queue.owner_id
+    await asyncio.sleep(1.0)  # three lease lengths
+    held = await sqlite_store.get_job(job.job.id)
+    assert held is not None and held.state is JobState.IN_PROGRESS and held.lease_owner == queue.owner_id
+    assert held.lease_expires_at is not None and held.lease_expires_at > utcnow()
+    assert held.lease_expires_at > first.lease_expires_at  # type: ignore[operator]
+    gate.opened.set()
+    done = await rec.finished(job.job.id)
+    assert done.state is JobState.COMPLETE and done.attempts == 1
