@@ -11,7 +11,9 @@ What it guarantees, as arq's worker does for its jobs:
 
 - **cancel** (:meth:`GPUWorker.cancel`) takes effect at the next denoising step: a running
   diffusers call cannot be interrupted from outside, so the step callback checks a flag;
-- **timeout**: a run past ``job_timeout_s`` is cancelled at its next step;
+- **timeout**: a run past ``job_timeout_s`` is cancelled at its next step; a step that does not come
+  back within a grace period after the limit (a tenth of it, at least ``TIMEOUT_GRACE_MIN_S``, at most
+  ``step_watchdog_s``) is treated as hung, as below;
 - **watchdog**: a separate thread notices a step that does not come back within
   ``step_watchdog_s``. Such a job is failed at that deadline, the hung thread is abandoned (Python
   cannot kill a thread; it is a daemon and anything it reports later is dropped) and a fresh
@@ -56,6 +58,9 @@ UNAVAILABLE_MESSAGE = (
     "The model {model} is not available right now (it could not be loaded). "
     "The admins can see why in the bot's log; please try another model or try again later."
 )
+#: after a job's time limit, how long the step in flight may still take before the worker gives
+#: up on it: a tenth of the limit, at least this much, at most `step_watchdog_s`
+TIMEOUT_GRACE_MIN_S = 2.0
 
 
 class WorkerBusy(RuntimeError):
@@ -433,8 +438,14 @@ class GPUWorker:
             limit = self.step_watchdog_s if run.phase == "run" else max(run.timeout_s, self.step_watchdog_s)
             if now - run.last_activity > limit:
                 self._abandon(run, now)
+            elif run.phase == "run" and now - run.started > run.timeout_s + self._timeout_grace(run):
+                # past the time limit and the step in flight never came back to see the flag
+                self._abandon(run, now, past_limit=True)
 
-    def _abandon(self, run: _Run, now: float) -> None:
+    def _timeout_grace(self, run: _Run) -> float:
+        return min(self.step_watchdog_s, max(TIMEOUT_GRACE_MIN_S, run.timeout_s / 10))
+
+    def _abandon(self, run: _Run, now: float, *, past_limit: bool = False) -> None:
         with self._lock:
             if run.done:
                 return
@@ -444,19 +455,27 @@ class GPUWorker:
             self.restarts += 1
         what = "a generation step" if run.phase == "run" else "loading the model"
         log.error(
-            "job %s: %s did not return within %.0fs; abandoning worker thread %d and starting a fresh one",
+            "job %s: %s did not return within %.0fs%s; abandoning worker thread %d and starting a fresh one",
             run.item.job_id,
             what,
             now - run.last_activity,
+            f" (past the {run.timeout_s:g} s time limit)" if past_limit else "",
             run.owner.number,
         )
+        if past_limit:
+            error = (
+                f"The job ran past the {run.timeout_s:g} s time limit and the GPU stopped responding; "
+                "the job was stopped and the worker restarted."
+            )
+        else:
+            error = (
+                f"The GPU stopped responding ({what} took over {self.step_watchdog_s:g} s); "
+                "the job was stopped and the worker restarted."
+            )
         outcome = WorkOutcome(
             job_id=run.item.job_id,
             status="timeout",
-            error=(
-                f"The GPU stopped responding ({what} took over {self.step_watchdog_s:g} s); "
-                "the job was stopped and the worker restarted."
-            ),
+            error=error,
             gpu_seconds=_since(run.gen_started),
             worker_id=f"{self.name}-{run.owner.number}",
         )
