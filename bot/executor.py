@@ -190,6 +190,7 @@ class InProcessExecutor:
             on_start=self._on_start,
             on_step=self._on_step,
             on_done=self._on_done,
+            on_ready=self._on_ready,
             name="gpu",
             preload=self._preload,
         )
@@ -316,6 +317,14 @@ class InProcessExecutor:
             self._loop.call_soon_threadsafe(self._gpu_done, outcome)
         except RuntimeError:  # the loop is closed: nobody is left to tell
             log.warning("job %s finished after the event loop closed", outcome.job_id)
+
+    def _on_ready(self) -> None:
+        # a fresh GPU thread (after a hung step) is ready: jobs queued meanwhile can go now
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._sink_call, "slot_free")
+        except RuntimeError:  # the loop is closed
+            log.debug("GPU worker ready after the event loop closed")
 
     # -- on the loop -----------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The GPU worker: one thread owns the pipelines and the device, and runs one request at a time.
 
 Whoever feeds it (the bot's in-process executor, a distributed worker process) hands it a
-:class:`WorkItem` and hears back through three callbacks, all called on worker threads, never
+:class:`WorkItem` and hears back through callbacks, all called on worker threads, never
 on an event loop: ``on_start(job_id)``, ``on_step(job_id, StepInfo)`` and exactly one
-``on_done(WorkOutcome)`` per item. Forwarding those to a loop
+``on_done(WorkOutcome)`` per item, plus ``on_ready()`` whenever a worker thread (the first, or a
+fresh one after a hang) is ready for work. Forwarding those to a loop
 (`loop.call_soon_threadsafe`) is the caller's business, which keeps this module free of asyncio
 and of anything Discord.
 
@@ -137,6 +138,7 @@ class GPUWorker:
         on_start: Callable[[str], None] | None = None,
         on_step: Callable[[str, StepInfo], None] | None = None,
         on_done: Callable[[WorkOutcome], None],
+        on_ready: Callable[[], None] | None = None,
         name: str = "gpu",
         preload: tuple[str, ...] = (),
     ) -> None:
@@ -153,6 +155,7 @@ class GPUWorker:
         self._on_start = on_start
         self._on_step = on_step
         self._on_done = on_done
+        self._on_ready = on_ready
         self.name = name
         self._preload = preload
         self._lock = threading.Lock()
@@ -296,6 +299,8 @@ class GPUWorker:
                     self._load_failed(model_id, exc)
             self._manager = manager
         self._ready.set()
+        # after a watchdog restart jobs may be waiting for this thread: tell the feeder it can send
+        self._call(self._on_ready)
         while True:
             item = me.inbox.get()
             if item is None or me.abandoned:
