@@ -63,7 +63,12 @@ class Services:
 
 
 def build_executor(settings: Settings, registry: dict[str, ModelSpec]) -> Executor:
-    """The in-process GPU thread, preloading the configured models."""
+    """arq workers on Redis when QUEUE_URL is set, else the in-process GPU thread (preloading the
+    configured models). arq and redis are imported only in the first case."""
+    if settings.queue_url:
+        from bot.arq_executor import ArqExecutor
+
+        return ArqExecutor(settings=settings)
     preload = tuple(dict.fromkeys(m for m in (settings.image_model, settings.video_model) if m in registry))
     return InProcessExecutor(settings=settings, preload=preload)
 

@@ -10,12 +10,12 @@ import logging
 
 from pydantic import Field, SecretStr
 
-from generation.settings import GenerationSettings
+from generation.scaleout import ScaleoutSettings
 
 log = logging.getLogger(__name__)
 
 
-class Settings(GenerationSettings):
+class Settings(ScaleoutSettings):
     # Discord
     discord_token: SecretStr | None = None
     discord_api_base: str | None = None  # e.g. a rate-limit proxy, or the tests' fake Discord
@@ -47,5 +47,5 @@ class Settings(GenerationSettings):
     link_expiry_s: int = 7 * 24 * 3600
     results_dir: str = "data/results"
 
-    # scale-out
-    queue_url: str | None = None  # redis://… switches execution to arq workers
+    # scale-out: QUEUE_URL and the worker knobs are in generation.scaleout.ScaleoutSettings,
+    # which the workers (python -m generation.worker) read too
