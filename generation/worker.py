@@ -516,3 +516,9 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":  # `python -m generation.worker`: one arq worker on the bot's Redis queue
+    from generation.arq_worker import main
+
+    raise SystemExit(main())
