@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 COGS = ("bot.cogs.generate", "bot.cogs.queue", "bot.cogs.member", "bot.cogs.admin")
 NONE = discord.AllowedMentions.none()
+#: Discord's "Unknown interaction": the interaction expired (not answered within 3 s) or never existed
+UNKNOWN_INTERACTION = 10062
 
 
 class ImagineTree(app_commands.CommandTree["ImagineBot"]):
@@ -41,6 +43,15 @@ class ImagineTree(app_commands.CommandTree["ImagineBot"]):
     ) -> None:
         """User errors become a polite ephemeral reply; anything else is logged with an id."""
         cause: BaseException = getattr(error, "original", error)
+        if isinstance(cause, discord.NotFound) and cause.code == UNKNOWN_INTERACTION:
+            # Discord gave up on the interaction (we answered after its 3 s): any reply would get
+            # 10062 again, so say so once in the log and let the member simply try again
+            log.warning(
+                "interaction %s (/%s) expired before it was answered (10062); nothing was done",
+                interaction.id,
+                getattr(interaction.command, "qualified_name", "?"),
+            )
+            return
         if isinstance(cause, UserError):
             text = cause.message
         elif isinstance(cause, app_commands.CheckFailure):
