@@ -275,7 +275,11 @@ class InProcessExecutor:
             return "models not loaded (the GPU worker is still starting)"
         if worker.manager is None:
             return "models not loaded (the GPU worker could not start; see the log)"
-        return "; ".join(f"model {m} failed to load: {why}" for m, why in worker.load_errors.items())
+        # only the configured (preloaded) models decide readiness: a member asking for some
+        # other model that cannot load gets that job's error, the server stays ready
+        return "; ".join(
+            f"model {m} failed to load: {why}" for m, why in worker.load_errors.items() if m in self._preload
+        )
 
     def workers(self) -> list[WorkerInfo]:
         worker = self._worker

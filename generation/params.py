@@ -294,3 +294,30 @@ def validate_request(
         ),
         fps=_int(get("fps", spec.default_fps), name="fps", lo=spec.min_fps, hi=spec.max_fps),
     )
+
+
+#: image shapes offered as `aspect` (width:height) by /imagine and the REST API
+ASPECTS: dict[str, tuple[int, int]] = {
+    "square": (1, 1),
+    "portrait": (2, 3),
+    "landscape": (3, 2),
+    "wide": (16, 9),
+}
+
+
+def aspect_size(aspect: str, spec: ModelSpec) -> tuple[int, int]:
+    """Width and height for `aspect` at about the model's default pixel count, within its limits."""
+    if aspect not in ASPECTS:
+        raise InvalidRequest(f"aspect must be one of {', '.join(ASPECTS)}.")
+    w, h = ASPECTS[aspect]
+    height = (spec.default_width * spec.default_height * h / w) ** 0.5
+    width = height * w / h
+    step = 64 if min(spec.default_width, spec.default_height) >= 256 else 8
+    out = []
+    for value, low, high in (
+        (width, spec.min_width, spec.max_width),
+        (height, spec.min_height, spec.max_height),
+    ):
+        size = max(step, int(round(value / step) * step))
+        out.append(max(low, min(high, size)))
+    return out[0], out[1]

@@ -14,26 +14,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from generation.params import ASPECTS, aspect_size
+
 if TYPE_CHECKING:
     from bot.client import ImagineBot
 
 log = logging.getLogger(__name__)
-
-ASPECTS = {
-    "square": (1, 1),
-    "portrait": (2, 3),
-    "landscape": (3, 2),
-    "wide": (16, 9),
-}
-
-
-def aspect_size(aspect: str, default_width: int, default_height: int) -> tuple[int, int]:
-    """Width and height for an aspect ratio with about the model's default pixel count."""
-    w, h = ASPECTS[aspect]
-    area = default_width * default_height
-    height = (area * h / w) ** 0.5
-    width = height * w / h
-    return int(round(width / 64) * 64), int(round(height / 64) * 64)
 
 
 class Generate(commands.Cog):
@@ -92,9 +78,8 @@ class Generate(commands.Cog):
         """Create an image from a text prompt."""
         if aspect is not None and width is None and height is None:
             spec = self.bot.registry.get(model or self.bot.settings.image_model)
-            if spec is not None:
-                width, height = aspect_size(aspect.value, spec.default_width, spec.default_height)
-                width, height = min(width, spec.max_width), min(height, spec.max_height)
+            if spec is not None:  # an unknown model is refused by build_job with the choices
+                width, height = aspect_size(aspect.value, spec)
         raw = {
             "prompt": prompt,
             "negative_prompt": negative_prompt,

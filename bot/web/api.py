@@ -24,18 +24,14 @@ from bot.web.auth import ApiCaller
 from bot.web.errors import ApiError
 from bot.web.keys import CALLER_KEY, KEYS_KEY, QUEUE_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
 from bot.web.media import media_type
-from bot.web.openapi import ASPECT_VALUES, FIELD_TYPES, openapi_handler, request_fields
+from bot.web.openapi import FIELD_TYPES, openapi_handler, request_fields
 from generation.errors import InvalidRequest
 from generation.models import default_model_id, get_spec
-from generation.params import MAX_PROMPT_CHARS, validate_request
+from generation.params import ASPECTS, MAX_PROMPT_CHARS, aspect_size, validate_request
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
-#: image shapes offered by /imagine's `aspect` option (width:height)
-ASPECTS: dict[str, tuple[int, int]] = dict(
-    zip(ASPECT_VALUES, ((1, 1), (2, 3), (3, 2), (16, 9)), strict=True)  # square, portrait, landscape, wide
-)
 
 
 def add_routes(app: web.Application) -> None:
@@ -170,16 +166,11 @@ def _build_job(request: web.Request, *, caller: ApiCaller, kind: str, body: dict
     if aspect is not None:
         if kind != "image":
             raise InvalidRequest("aspect is only for images; give width and height for a video.")
-        if aspect not in ASPECTS:
+        if not isinstance(aspect, str):
             raise InvalidRequest(f"aspect must be one of {', '.join(ASPECTS)}.")
+        size = aspect_size(aspect, spec)
         if raw.get("width") is None and raw.get("height") is None:
-            raw["width"], raw["height"] = _aspect_size(
-                aspect,
-                spec.default_width,
-                spec.default_height,
-                lo=(spec.min_width, spec.min_height),
-                hi=(spec.max_width, spec.max_height),
-            )
+            raw["width"], raw["height"] = size
     request_ = validate_request(kind, raw, spec, settings)
     return Job(
         kind=kind,
@@ -193,21 +184,6 @@ def _build_job(request: web.Request, *, caller: ApiCaller, kind: str, body: dict
         source=Source.API,
         max_tries=settings.max_tries,
     )
-
-
-def _aspect_size(
-    aspect: str, default_width: int, default_height: int, *, lo: tuple[int, int], hi: tuple[int, int]
-) -> tuple[int, int]:
-    """The aspect's width and height at about the model's default pixel count, within its limits."""
-    w, h = ASPECTS[aspect]
-    height = (default_width * default_height * h / w) ** 0.5
-    width = height * w / h
-    step = 64 if min(default_width, default_height) >= 256 else 8
-    out = []
-    for value, low, high in ((width, lo[0], hi[0]), (height, lo[1], hi[1])):
-        size = max(step, int(round(value / step) * step))
-        out.append(max(low, min(high, size)))
-    return out[0], out[1]
 
 
 # -- reading and cancelling --------------------------------------------------------------------

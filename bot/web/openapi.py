@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bot.web.keys import REGISTRY_KEY, SETTINGS_KEY
 from generation.models import ModelSpec
-from generation.params import MAX_PROMPT_CHARS, MAX_SEED
+from generation.params import ASPECTS, MAX_PROMPT_CHARS, MAX_SEED
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ FIELD_TYPES: dict[str, str] = {
     "frames": "integer",
     "fps": "integer",
 }
-ASPECT_VALUES = ("square", "portrait", "landscape", "wide")
+ASPECT_VALUES = tuple(ASPECTS)
 # at least one character that is neither whitespace nor a control character (those are removed)
 PROMPT_PATTERN = r"[^\s\x00-\x1f\x7f-\x9f]"
 
