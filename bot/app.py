@@ -57,11 +57,15 @@ def _install_stop_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-async def run_discord(settings: Settings, services: Services, stop: asyncio.Event) -> None:
-    """Connect the bot and run it until `stop` is set or Discord ends the session."""
+def require_token(settings: Settings) -> str:
     if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():
         raise StartupError(f"DISCORD_TOKEN is not set. {TOKEN_HELP}")
-    token = settings.discord_token.get_secret_value().strip()
+    return settings.discord_token.get_secret_value().strip()
+
+
+async def run_discord(settings: Settings, services: Services, stop: asyncio.Event) -> None:
+    """Connect the bot and run it until `stop` is set or Discord ends the session."""
+    token = require_token(settings)
     try:
         await configure_discord_endpoint(settings.discord_api_base, settings.discord_gateway_url, token=token)
     except (GatewayLookupError, ValueError) as exc:
@@ -116,9 +120,9 @@ def main() -> int:
         sys.stderr.write(f"Invalid settings: {exc}\n")
         return 2
     try:
+        require_token(settings)  # before anything opens a store or loads a model
         asyncio.run(main_async(settings))
     except StartupError as exc:
-        log.error("%s", exc.message)
         sys.stderr.write(f"error: {exc.message}\n")
         return 2
     except KeyboardInterrupt:
