@@ -209,7 +209,7 @@ class ArqExecutor:
         self._unregister_metrics()
         if self.redis is not None:
             with contextlib.suppress(Exception):
-                await self.redis.close(close_connection_pool=True)
+                await self.redis.aclose(close_connection_pool=True)
             self.redis = None
         return lost
 

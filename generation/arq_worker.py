@@ -145,6 +145,8 @@ class WorkerRuntime:
         self.jobs.pop(arq_id, None)
         self.job_ids.pop(arq_id, None)
         self._progress.pop(arq_id, None)
+        if self.redis is not None:
+            self._spawn(self.beat())  # /info shows the worker idle now, not at the next beat
 
     # -- arq hooks ---------------------------------------------------------------------------
 
@@ -242,6 +244,7 @@ class WorkerRuntime:
         self.release(arq_id)
         self.jobs[arq_id] = "encoding"
         await self._safe(self._event("gpu_done", job=arq_id))
+        self._spawn(self.beat())
         report = JobReport(
             status=outcome.status,
             worker_id=self.worker_id,
