@@ -19,7 +19,7 @@ import pytest
 import yarl
 from PIL import Image
 
-from tests.bot.conftest import API_SECRET, SMALL_UPLOAD_LIMIT, BotProcess
+from tests.bot.conftest import API_SECRET, SMALL_UPLOAD_LIMIT, BotProcess, start_bot, stop_bot
 from tests.fake_discord import FakeInteraction, FakeMessage
 
 log = logging.getLogger(__name__)
@@ -434,3 +434,22 @@ async def test_an_admin_ban_of_an_api_key_locks_it_out_of_the_rest_api(running_b
         await private_reply(await ask(bot, "admin unban", {"api_key": "postman"}, user="admin"))
         async with http.post(f"{bot.web_url}/api/v1/images", json=body, headers=headers) as response:
             assert response.status == 202, await response.text()
+
+
+# -- restarts (keep last: it replaces the module's bot process) --------------------------------------------
+
+
+async def test_buttons_on_old_messages_work_after_a_restart(running_bot: BotProcess) -> None:
+    bot = running_bot
+    short = await queue_job(bot, "imagine", {"prompt": "before the restart", **TINY}, user="frank")
+    old = await result_message(bot, short)
+    code = await stop_bot(bot.proc)
+    assert code == 0
+    identifies = bot.discord.identifies
+    bot.proc = await start_bot(bot.discord, bot.env, bot.workdir)
+    await bot.discord.wait_until(lambda: bot.discord.identifies > identifies, timeout=90, what="bot back")
+    await bot.discord.wait_until_connected(timeout=60)
+    click = await bot.discord.click(old, f"job:reroll:{job_id_of(old)}", user=bot.members["frank"])
+    reply = await private_reply(click, timeout=30)
+    again = await result_message(bot, QUEUED.search(reply.content).group(1))
+    assert {f["name"]: f["value"] for f in again.embed["fields"]}["Reroll of"] == f"`{short}`"
