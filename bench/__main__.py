@@ -13,7 +13,8 @@ CPU_SUITE = ["encode", "queue", "loop_lag", "burst", "overhead"]
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
-        sys.stderr.write("usage: python -m bench NAME [args] | all\n  names: " + ", ".join(CPU_SUITE) + ", gpu\n")
+        names = ", ".join([*CPU_SUITE, "gpu", "fuzz"])
+        sys.stderr.write(f"usage: python -m bench NAME [args] | all\n  names: {names}\n")
         return 2
     logging.basicConfig(level=logging.WARNING)
     names = CPU_SUITE if argv[0] == "all" else [argv[0]]

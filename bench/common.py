@@ -73,7 +73,7 @@ def emit(name: str, figures: dict[str, Any], *, passed: bool | None, target: str
         "machine": machine_facts(),
     }
     text = json.dumps(line, sort_keys=False, default=str)
-    print(text, flush=True)  # noqa: T201 - a benchmark's output is its JSON line
+    print(text, flush=True)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with (RESULTS_DIR / f"{name}.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(text + "\n")

@@ -186,7 +186,7 @@ class FakeInteraction:
         """Jump past the 15 minutes: webhook calls with this token now get 401/50027."""
         self._token_expired = True
 
-    async def wait_for_response(self, *, timeout: float = 5.0) -> InteractionResponse:  # noqa: ASYNC109 - tests read better with timeout=
+    async def wait_for_response(self, *, timeout: float = 5.0) -> InteractionResponse:
         def describe() -> str:
             return (
                 f"interaction {self.id} ({self.describe()}) got no callback in {timeout} s; "
@@ -201,7 +201,7 @@ class FakeInteraction:
         self,
         predicate: Callable[[FakeMessage], bool] | None = None,
         *,
-        timeout: float = 10.0,  # noqa: ASYNC109 - tests read better with timeout=
+        timeout: float = 10.0,
     ) -> FakeMessage:
         """The response message once `predicate` holds (default: no longer "thinking")."""
         check = predicate or (lambda message: not message.loading)
@@ -223,7 +223,7 @@ class FakeInteraction:
         self,
         predicate: Callable[[FakeMessage], bool] | None = None,
         *,
-        timeout: float = 10.0,  # noqa: ASYNC109 - tests read better with timeout=
+        timeout: float = 10.0,
     ) -> FakeMessage:
         def found() -> FakeMessage | None:
             return next((m for m in self.followups if predicate is None or predicate(m)), None)

@@ -181,7 +181,7 @@ class FakeDiscord:
         self,
         predicate: Callable[[], T],
         *,
-        timeout: float = 10.0,  # noqa: ASYNC109 - tests read better with timeout=
+        timeout: float = 10.0,
         what: str = "condition",
     ) -> T:
         """Re-check `predicate` after every change the fake sees; return its first truthy value."""
@@ -199,7 +199,7 @@ class FakeDiscord:
     def connected(self) -> bool:
         return self.gateway.connected
 
-    async def wait_until_connected(self, *, timeout: float = 15.0) -> GatewaySession:  # noqa: ASYNC109 - tests read better with timeout=
+    async def wait_until_connected(self, *, timeout: float = 15.0) -> GatewaySession:
         """Until a session is identified (READY and GUILD_CREATEs sent) or resumed, and connected."""
 
         def live() -> GatewaySession | None:
@@ -253,7 +253,7 @@ class FakeDiscord:
         self,
         *names: str,
         guild: GuildLike = None,
-        timeout: float = 15.0,  # noqa: ASYNC109 - tests read better with timeout=
+        timeout: float = 15.0,
     ) -> list[dict]:
         """Until the bot has synced (at least) these command names."""
 
@@ -503,7 +503,7 @@ class FakeDiscord:
         *,
         channel: FakeChannel | int | None = None,
         include_ephemeral: bool = False,
-        timeout: float = 10.0,  # noqa: ASYNC109 - tests read better with timeout=
+        timeout: float = 10.0,
     ) -> FakeMessage:
         """The first message (oldest first) whose *current* state satisfies `predicate`."""
 

@@ -126,7 +126,7 @@ class Notifier:
         self,
         predicate: Callable[[], T],
         *,
-        timeout: float,  # noqa: ASYNC109 - tests read better with timeout=
+        timeout: float,
         describe: Callable[[], str],
     ) -> T:
         loop = asyncio.get_running_loop()
