@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 import sys
@@ -170,10 +171,12 @@ async def deployment(
 
 
 async def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.1) -> Any:
-    """Poll a predicate that reads something the fake Discord does not see (files, HTTP)."""
+    """Poll a predicate (plain or async) about something the fake Discord does not see."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
