@@ -87,6 +87,8 @@ LOST = "The GPU worker running this job stopped, and it could not be finished el
 CRASHED = "Something went wrong while generating (job {job_id}); the admins can find it in the log."
 #: while Redis is unreachable, how long the loops wait before trying again
 RECONNECT_S = 0.5
+#: how long start() waits for Redis before leaving it to the monitor loop
+START_CONNECT_S = 3.0
 
 
 @dataclass
@@ -156,16 +158,13 @@ class ArqExecutor:
 
     async def start(self, sink: ExecutionSink) -> None:
         self._sink = sink
-        try:
-            await self._connect(retries=1)
-            await self._purge_stale()
-            latest = await self._redis().xrevrange(self.keys.events, count=1)
-            if latest:
-                self._last_event = _text(latest[0][0])
-            await self._sweep()
-        except REDIS_DOWN as exc:
-            self._stable_since = None
-            log.warning("Redis at QUEUE_URL unreachable at start (%s); jobs wait until it answers", exc)
+        try:  # a bot must start even while Redis is down: the monitor loop keeps trying
+            await asyncio.wait_for(self._connect(retries=0), timeout=START_CONNECT_S)
+        except (*REDIS_DOWN, TimeoutError) as exc:
+            log.warning(
+                "Redis at QUEUE_URL unreachable at start (%s); jobs wait until it answers",
+                exc or "no answer",
+            )
         self._loops = [
             asyncio.create_task(self._event_loop(), name="arq-events"),
             asyncio.create_task(self._monitor_loop(), name="arq-monitor"),
@@ -367,6 +366,9 @@ class ArqExecutor:
 
     async def _event_loop(self) -> None:
         while True:
+            if self.redis is None:
+                await asyncio.sleep(RECONNECT_S)
+                continue
             try:
                 found = await self._redis().xread({self.keys.events: self._last_event}, count=200, block=1000)
             except asyncio.CancelledError:
@@ -539,6 +541,8 @@ class ArqExecutor:
         while True:
             await asyncio.sleep(self.settings.sweep_s)
             try:
+                if self.redis is None:
+                    await self._connect(retries=0)
                 await self._sweep()
             except asyncio.CancelledError:
                 raise
@@ -699,7 +703,7 @@ class ArqExecutor:
 
     async def _read_progress(self) -> None:
         running = [h for h in self._handed.values() if h.phase == "running" and not h.collecting]
-        if not running:
+        if not running or self.redis is None:
             return
         redis = self._redis()
         async with redis.pipeline(transaction=False) as pipe:
@@ -723,10 +727,23 @@ class ArqExecutor:
     # -- plumbing ----------------------------------------------------------------------------
 
     async def _connect(self, *, retries: int) -> None:
+        """Open the pool, then what a (re)start needs: old jobs cleared, the stream's end, a sweep."""
         rs = redis_settings(self.settings.queue_url or "")
         rs.conn_retries = retries
         rs.conn_retry_delay = 1
-        self.redis = await create_pool(rs, default_queue_name=self.keys.queue)
+        redis = await create_pool(rs, default_queue_name=self.keys.queue)
+        try:
+            self.redis = redis
+            await self._purge_stale()
+            latest = await redis.xrevrange(self.keys.events, count=1)
+            if latest:
+                self._last_event = _text(latest[0][0]) or "0-0"
+        except BaseException:
+            self.redis = None
+            with contextlib.suppress(Exception):
+                await redis.aclose(close_connection_pool=True)
+            raise
+        await self._sweep()
 
     def _redis(self) -> ArqRedis:
         if self.redis is None:

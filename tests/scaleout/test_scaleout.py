@@ -4,7 +4,8 @@
 Stories: a burst from three members is shared by both workers in the scheduler's fair order, with
 arq's own queue never deeper than the free GPUs; a worker SIGKILLed mid-job is noticed within its
 health-check interval and the job completes on the other worker, delivered once; a member cancels
-a job running on a worker; Redis restarts mid-burst and nothing is lost or delivered twice.
+a job running on a worker; Redis restarts mid-burst and nothing is lost or delivered twice; the bot
+starts while Redis is down and runs its jobs once Redis is back.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from pathlib import Path
 import pytest
 
 from bot import metrics
+from bot.arq_executor import ArqExecutor
 from bot.jobs import Job, JobState
+from bot.queue import JobQueue
+from bot.store.sqlite import SQLiteStore
 from generation.models import ModelSpec
-from tests.queue.conftest import make_job, wait_for
+from generation.settings import GenerationSettings
+from tests.queue.conftest import Recorder, make_job, queue_settings, wait_for
 from tests.scaleout.conftest import HEALTH_CHECK_S, Bot, Cluster
 
 log = logging.getLogger(__name__)
@@ -239,6 +244,36 @@ async def test_redis_restarted_mid_burst_loses_nothing_and_delivers_nothing_twic
     assert all(w.alive for w in cluster.workers.values())
     await wait_for(lambda: len(bot.executor.workers()) == 2, 10)
     log.info("jobs re-enqueued after the restart: %d", bot.executor.reenqueued)
+
+
+async def test_bot_started_while_redis_is_down_runs_jobs_once_it_is_back(
+    cluster: Cluster, tiny_settings: GenerationSettings, tiny_registry: dict[str, ModelSpec], tmp_path: Path
+) -> None:
+    cluster.ensure()
+    await asyncio.to_thread(cluster.redis.stop)
+    settings = queue_settings(
+        tiny_settings, tmp_path, queue_url=cluster.redis.url, worker_health_check_s=HEALTH_CHECK_S
+    )
+    store = SQLiteStore(path=tmp_path / "bot.db")
+    await store.open()
+    queue = JobQueue(settings=settings, store=store, executor=ArqExecutor(settings=settings))
+    rec = Recorder()
+    queue.add_listener(rec)
+    try:
+        t0 = time.monotonic()
+        await queue.start()
+        assert time.monotonic() - t0 < 10.0
+        assert queue.workers() == [] and queue.executor.free_slots() == 0
+        assert "unreachable" in queue.executor.models_loaded()  # type: ignore[attr-defined]
+        job = make_job(tiny_registry, "hal")
+        assert (await queue.submit(job)).position == 1  # accepted and kept in the store meanwhile
+        await asyncio.to_thread(cluster.redis.start)
+        done = await rec.finished(job.id, 60)
+        assert done.state is JobState.COMPLETE and len(rec.results[job.id]) == 1
+        assert len(queue.workers()) == 2  # the workers rode the outage out and came back
+    finally:
+        await queue.stop(graceful=False, timeout_s=5.0)
+        await store.close()
 
 
 def test_worker_process_refuses_to_start_without_queue_url(tmp_path: Path) -> None:
