@@ -51,3 +51,13 @@ def test_queue_url_selects_the_arq_executor(tmp_path: Path) -> None:
     assert executor.free_slots() == 0 and executor.workers() == []  # not started: no room
     without = Settings(_env_file=None, queue_url=None, **base)
     assert isinstance(build_executor(without, build_registry(without)), InProcessExecutor)
+
+
+def test_every_scaleout_setting_has_its_line_in_env_example() -> None:
+    from generation.scaleout import ScaleoutSettings
+    from generation.settings import GenerationSettings
+
+    lines = (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
+    names = {line.split("=", 1)[0] for line in lines if "=" in line and not line.startswith("#")}
+    ours = set(ScaleoutSettings.model_fields) - set(GenerationSettings.model_fields)
+    assert ours and {name.upper() for name in ours} <= names
