@@ -201,6 +201,9 @@ async def test_cancel_of_a_job_running_on_a_worker(
     assert took_s < 3.0
     last_step = max(p[1] for p in rec.progress if p[0] == job.id)
     assert last_step < SLOW["steps"]
+    # progress came from the worker through Redis, latent previews included
+    previews = [p[3] for p in rec.progress if p[0] == job.id and p[3]]
+    assert previews and all(png.startswith(b"\x89PNG") for png in previews)
     assert rec.results[job.id][0][1] is None
     record = await bot.store.get_job(job.id)
     assert record is not None and record.state is JobState.CANCELLED and record.result_path is None
