@@ -59,6 +59,7 @@ class Services:
             "worker_alive": bool(workers) and all(w.alive for w in workers),
             "models_loaded": manager.loaded_models() if manager is not None else [],
             "device": ", ".join(sorted({w.device for w in workers})) or None,
+            "workers": workers,
         }
 
 

@@ -99,6 +99,13 @@ class Member(commands.Cog):
             name="Store", value="ok" if health.get("store_ok") else "unreachable (requests are buffered)"
         )
         embed.add_field(name="Worker", value="alive" if health.get("worker_alive") else "down")
+        lines = [
+            f"`{w.id}` {w.device} · {'busy' if w.busy else 'idle'} · {w.jobs_done} done"
+            + (f" · beat {discord.utils.format_dt(w.last_heartbeat, style='R')}" if w.last_heartbeat else "")
+            for w in health.get("workers") or []
+        ]
+        if len(lines) > 1 or any("beat" in line for line in lines):  # scaled out: one line per GPU worker
+            embed.add_field(name="GPU workers", value="\n".join(lines)[:1000], inline=False)
         embed.add_field(name="Discord latency", value=f"{self.bot.latency * 1000:.0f} ms")
         if health.get("problems"):
             embed.add_field(
