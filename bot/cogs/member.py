@@ -104,7 +104,7 @@ class Member(commands.Cog):
             + (f" · beat {discord.utils.format_dt(w.last_heartbeat, style='R')}" if w.last_heartbeat else "")
             for w in health.get("workers") or []
         ]
-        if len(lines) > 1 or any("beat" in line for line in lines):  # scaled out: one line per GPU worker
+        if lines:
             embed.add_field(name="GPU workers", value="\n".join(lines)[:1000], inline=False)
         embed.add_field(name="Discord latency", value=f"{self.bot.latency * 1000:.0f} ms")
         if health.get("problems"):
