@@ -22,6 +22,7 @@ from bot.delivery import DiscordDelivery
 from bot.formatting import incident_id
 from bot.jobs import Job
 from bot.moderation import Moderator
+from bot.payloads import payload_problem
 from bot.queue import JobQueue
 from bot.settings import Settings
 from bot.store.base import AuditEntry, Store
@@ -38,6 +39,26 @@ UNKNOWN_INTERACTION = 10062
 
 
 class ImagineTree(app_commands.CommandTree["ImagineBot"]):
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        """Refuse, politely, a command payload Discord's client would never send (see bot.payloads)."""
+        kind = interaction.type
+        if kind not in (discord.InteractionType.application_command, discord.InteractionType.autocomplete):
+            return True
+        data = interaction.data if isinstance(interaction.data, dict) else {}
+        problem = payload_problem(self, data, autocomplete=kind is discord.InteractionType.autocomplete)
+        if problem is None:
+            return True
+        log.warning(
+            "interaction %s: refused a malformed /%s payload: %s", interaction.id, data.get("name"), problem
+        )
+        if kind is discord.InteractionType.application_command:
+            await self.client.reply_privately(
+                interaction,
+                f"I can't run this command: {problem}. Please pick the options Discord offers "
+                "(if it keeps happening, reload Discord: its copy of the command may be out of date).",
+            )
+        return False
+
     async def on_error(
         self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
     ) -> None:
@@ -57,7 +78,11 @@ class ImagineTree(app_commands.CommandTree["ImagineBot"]):
         elif isinstance(cause, app_commands.CheckFailure):
             text = str(cause) or "You can't use this command here."
         elif isinstance(cause, app_commands.TransformerError):
-            text = f"That value for `{cause.value!r}` doesn't fit this option."
+            shown = repr(cause.value).replace("`", "'")
+            shown = shown if len(shown) <= 40 else shown[:39] + "…"
+            text = f"That value (`{shown}`) doesn't fit this option."
+        elif isinstance(cause, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):
+            text = "This command has changed since Discord last loaded it; reload Discord and try again."
         else:
             incident = incident_id()
             log.error(
