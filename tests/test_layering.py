@@ -36,7 +36,10 @@ def test_generation_never_imports_discord_or_the_bot(path: Path) -> None:
 
 DISCORD_SIDE = [
     *sorted((ROOT / "bot" / "cogs").glob("*.py")),
-    *(ROOT / "bot" / name for name in ("actions.py", "views.py", "delivery.py", "client.py", "formatting.py")),
+    *(
+        ROOT / "bot" / name
+        for name in ("actions.py", "views.py", "delivery.py", "client.py", "formatting.py")
+    ),
 ]
 
 
