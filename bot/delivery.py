@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 NONE = discord.AllowedMentions.none()
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+#: how far back in the channel a result offered again after a restart is looked for
+REDELIVERY_SCAN = 50
 #: aim this far under the limit, so a file that "just fits" is not refused for rounding
 UPLOAD_MARGIN = 0.99
 
@@ -58,6 +60,7 @@ class DiscordDelivery:
         self._status: dict[str, int] = {}
         self._started: dict[str, float] = {}
         self._last_edit: dict[str, float] = {}
+        self._ran_here: set[str] = set()
 
     # -- status message ---------------------------------------------------------------------------
     async def remember_status_message(self, job: Job, message_id: int) -> None:
@@ -98,6 +101,7 @@ class DiscordDelivery:
     async def on_started(self, job: Job) -> None:
         if self._ours(job):
             self._started[job.id] = time.monotonic()
+            self._ran_here.add(job.id)
             total = int(job.params.get("steps") or 0)
             await self._edit_status(job, progress_status(job, step=0, total=total, elapsed_s=0))
 
@@ -117,10 +121,13 @@ class DiscordDelivery:
             return
         self._started.pop(job.id, None)
         self._last_edit.pop(job.id, None)
+        self._ran_here.discard(job.id)
         if job.state is JobState.COMPLETE and result is not None:
             if job.result_message_id:
                 return  # already delivered before a restart: never post twice
             try:
+                if job.id not in self._ran_here and await self._adopt_posted(job):
+                    return
                 await self._deliver(job, result)
             except discord.HTTPException:
                 # channel gone or no permission: the file stays on the web server; the
@@ -129,6 +136,23 @@ class DiscordDelivery:
         else:
             await self._edit_status(job, final_status(job), keep_view=False)
             self._status.pop(job.id, None)
+
+    async def _adopt_posted(self, job: Job) -> bool:
+        """A result offered again after a restart may have been posted just before a crash
+        (between the upload and `mark_delivered`): look for it in the channel before posting."""
+        channel = self.bot.get_partial_messageable(int(job.channel_id or 0))
+        me = self.bot.user.id if self.bot.user else None
+        footer = f"job {job.id}"
+        async for message in channel.history(limit=REDELIVERY_SCAN):
+            if message.author.id == me and any(
+                (e.footer.text or "").startswith(footer) for e in message.embeds
+            ):
+                log.info(
+                    "job %s: its result was already posted as %s; not posting it again", job.id, message.id
+                )
+                await self.bot.queue.mark_delivered(job.id, str(message.id))
+                return True
+        return False
 
     # -- delivery ----------------------------------------------------------------------------------
     async def _deliver(self, job: Job, result: JobResult) -> None:

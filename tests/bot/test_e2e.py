@@ -19,6 +19,7 @@ import pytest
 import yarl
 from PIL import Image
 
+from bot.store.sqlite import SQLiteStore
 from tests.bot.conftest import API_SECRET, SMALL_UPLOAD_LIMIT, BotProcess, start_bot, stop_bot
 from tests.fake_discord import FakeInteraction, FakeMessage
 
@@ -445,6 +446,10 @@ async def test_buttons_on_old_messages_work_after_a_restart(running_bot: BotProc
     old = await result_message(bot, short)
     code = await stop_bot(bot.proc)
     assert code == 0
+    # as if the bot had crashed between posting the result and recording that it did
+    store = SQLiteStore(path=bot.workdir / "bot.db")
+    async with store:
+        assert (await store.update_job(job_id_of(old), result_message_id=None)) is not None
     identifies = bot.discord.identifies
     bot.proc = await start_bot(bot.discord, bot.env, bot.workdir)
     await bot.discord.wait_until(lambda: bot.discord.identifies > identifies, timeout=90, what="bot back")
@@ -453,3 +458,10 @@ async def test_buttons_on_old_messages_work_after_a_restart(running_bot: BotProc
     reply = await private_reply(click, timeout=30)
     again = await result_message(bot, QUEUED.search(reply.content).group(1))
     assert {f["name"]: f["value"] for f in again.embed["fields"]}["Reroll of"] == f"`{short}`"
+    # the undelivered-looking result was found in the channel, not posted a second time
+    footer = f"job {job_id_of(old)}"
+    posted = [m for m in bot.discord.messages() if m.embed and m.embed["footer"]["text"].startswith(footer)]
+    assert posted == [old]
+    async with store:
+        job = await store.get_job(job_id_of(old))
+    assert job is not None and job.result_message_id == str(old.id)
