@@ -69,7 +69,8 @@ class Actions:
         spec = self.bot.registry.get(model_id)
         if spec is None or spec.kind != kind:
             choices = ", ".join(m.id for m in self.bot.registry.values() if m.kind == kind)
-            raise InvalidRequest(f"Unknown {kind} model {model_id!r}. Available: {choices}.")
+            shown = repr(model_id) if len(str(model_id)) <= 40 else repr(str(model_id)[:40]) + "…"
+            raise InvalidRequest(f"Unknown {kind} model {shown}. Available: {choices}.")
         request = validate_request(kind, {**raw, "model": model_id}, spec, settings)
         ctx = self._context(interaction)
         return Job(

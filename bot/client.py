@@ -36,6 +36,7 @@ COGS = ("bot.cogs.generate", "bot.cogs.queue", "bot.cogs.member", "bot.cogs.admi
 NONE = discord.AllowedMentions.none()
 #: Discord's "Unknown interaction": the interaction expired (not answered within 3 s) or never existed
 UNKNOWN_INTERACTION = 10062
+MAX_MESSAGE_CHARS = 2000
 
 
 class ImagineTree(app_commands.CommandTree["ImagineBot"]):
@@ -197,6 +198,8 @@ class ImagineBot(commands.Bot):
         log.info("audit: %s by %s target=%s", action, interaction.user.id, target)
 
     async def reply_privately(self, interaction: discord.Interaction[Any], text: str) -> None:
+        if len(text) > MAX_MESSAGE_CHARS:  # Discord refuses longer messages: the member would get nothing
+            text = text[: MAX_MESSAGE_CHARS - 1] + "…"
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True, allowed_mentions=NONE)
