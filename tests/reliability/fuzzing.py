@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from bot.jobs import Job, JobState
 from generation.params import clean_text
 from tests.fake_discord import FakeInteraction
-from tests.reliability.conftest import Deployment, read_jobs
+from tests.reliability.conftest import BAD_LOG_MARKERS, Deployment, read_jobs
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,15 @@ REGRESSIONS = (
         command="imagine",
         options=[{"type": 3, "name": "prompt", "value": "a"}, {"type": 4, "name": "steps", "value": 10**30}],
         member="heidi",
+    ),
+    # an unknown model echoed whole made a reply over Discord's 2,000 characters: no answer at all
+    SlashCase(
+        command="video",
+        options=[
+            {"type": 3, "name": "prompt", "value": "waves"},
+            {"type": 3, "name": "model", "value": "A" * 3000},
+        ],
+        member="alice",
     ),
 )
 
@@ -548,7 +557,13 @@ class Fuzzer:
     # -- whole-run checks -------------------------------------------------------------------------
 
     def check_log(self, since: int) -> list[str]:
-        return [f"bot log: {line}"[:300] for line in self.bot.bad_log_lines(since=since)]
+        """One line per log record that shows an incident or a traceback: its head and its last line."""
+        problems = []
+        for record in re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:)", self.bot.log_text()[since:]):
+            if any(marker in record for marker in BAD_LOG_MARKERS):
+                lines = [line for line in record.splitlines() if line.strip()]
+                problems.append(f"bot log: {lines[0][:200]} … {lines[-1][:300]}")
+        return problems
 
     def check_pings(self, since_index: int) -> list[str]:
         """Only a result may mention anyone, and then only the member who asked for it."""

@@ -3,6 +3,7 @@ real bot. `python -m bench fuzz` runs the same with 10,000 and more cases; see f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -29,9 +30,10 @@ async def test_hostile_slash_payloads_and_rest_bodies_get_clear_refusals_and_not
     env = {**FUZZ_ENV, "API_KEYS": json.dumps({"fuzz": API_KEY})}
     async with deployment(workdir, tiny_model_cache, env=env) as bot:
         fuzzer = Fuzzer(bot, api_key=API_KEY, concurrency=6)
-        cases: list = list(REGRESSIONS)
-        cases += draw_cases(slash_case(fuzzer.command_definitions()), SLASH_CASES, seed=SEED)
-        cases += draw_cases(rest_case(), REST_CASES, seed=SEED)
+        cases: list = list(REGRESSIONS)  # drawn off the loop: the fake Discord shares it
+        strategy = slash_case(fuzzer.command_definitions())
+        cases += await asyncio.to_thread(draw_cases, strategy, SLASH_CASES, seed=SEED)
+        cases += await asyncio.to_thread(draw_cases, rest_case(), REST_CASES, seed=SEED)
         report = await fuzzer.run(cases)
         counts = report.counts
         log.info("fuzz sample: %s", counts)
