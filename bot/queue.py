@@ -773,6 +773,13 @@ class JobQueue:
             if job.attempts >= job.max_tries:
                 await self._fail_exhausted(job)
                 continue
+            try:
+                banned = await self._banned_since_queued(job)
+            except BaseException:
+                self.order.add(job)
+                raise
+            if banned:
+                continue
             active = _Active(job=job, cost=self._estimate(job))
             self._active[job.id] = active
             now = self.clock()
@@ -814,6 +821,24 @@ class JobQueue:
                         error=f"The worker could not take job {claimed.id}.",
                     ),
                 )
+
+    async def _banned_since_queued(self, job: Job) -> bool:
+        """Bans are checked at submit and again here, before the claim: a ban made after the job
+        was queued (by another process, or racing the admin's purge) stops it before it runs."""
+        record = await self.store.get_user(job.user_id)
+        if not record.banned:
+            return False
+        done = await self.store.finish_job(
+            job.id,
+            owner=None,
+            state=JobState.CANCELLED,
+            cancel_requested=True,
+            error="Cancelled before it started: its owner is banned from using this bot.",
+        )
+        if done is not None:
+            self._bus.emit(_Event("finished", done))
+        log.info("job %s not started: %s was banned after queueing it", job.id, job.user_id)
+        return True
 
     async def _claim_refused(self, job: Job) -> None:
         fresh = await self.store.get_job(job.id)
