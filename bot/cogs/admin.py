@@ -241,6 +241,34 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Moderate t
             interaction, f"{user.mention}: {gpu:.0f} GPU s per day, {queued} job(s) waiting at once."
         )
 
+    # -- privacy ------------------------------------------------------------------------------------------
+    @app_commands.command(name="forget")
+    @app_commands.describe(
+        user="Member whose request log and result files to delete",
+        reason="Why, e.g. 'their request' (for the audit log)",
+    )
+    async def forget(
+        self, interaction: discord.Interaction[Any], user: discord.User, reason: str | None = None
+    ) -> None:
+        """Delete a member's requests and result files (their data); bans and quotas stay."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        target = str(user.id)
+        cancelled = await self._purge(interaction, user_id=target)
+        deleted = await self.bot.store.delete_user_data(target)
+        self.bot.queue.forget_usage(target)
+        await self.bot.audit(
+            interaction,
+            action="forget",
+            target=target,
+            reason=reason,
+            details={"deleted": deleted, "cancelled": cancelled},
+        )
+        await self._done(
+            interaction,
+            f"Deleted {deleted} request(s) of {user.mention} with their files; "
+            f"{cancelled} queued job(s) cancelled. Results already posted stay in their channels.",
+        )
+
     # -- channels -----------------------------------------------------------------------------------------
     @channels.command(name="allow")
     async def channels_allow(
