@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import signal
 import sys
@@ -91,6 +92,20 @@ class Deployment(BotProcess):
     def log_tail(self, chars: int = 6000) -> str:
         return self.log_text()[-chars:]
 
+    def secrets(self) -> list[str]:
+        """Every secret this deployment was given: the bot token, API keys, the link secret."""
+        found = [self.env["DISCORD_TOKEN"]]
+        if self.env.get("API_KEYS"):
+            found += list(json.loads(self.env["API_KEYS"]).values())
+        if self.env.get("LINK_SECRET"):
+            found.append(self.env["LINK_SECRET"])
+        return [s for s in found if s]
+
+    def leaked_secrets(self) -> list[str]:
+        """Secrets that appear in the bot's log (none may: logs get pasted into bug reports)."""
+        text = self.log_text()
+        return [f"{s[:6]}…" for s in self.secrets() if s in text]
+
     def bad_log_lines(self, *, since: int = 0) -> list[str]:
         """Lines after character offset `since` that show an unhandled error."""
         return [
@@ -139,7 +154,8 @@ async def deployment(
 ) -> AsyncIterator[Deployment]:
     """A fake Discord with the e2e world and a bot deployment on it; the bot is stopped after.
 
-    With `check_log`, the test fails if the bot's log shows an incident or a traceback.
+    The test fails if a secret (token, API key, link secret) shows in the bot's log, and, with
+    `check_log`, if the log shows an incident or a traceback.
     """
     guilds, members = make_world()
     async with FakeDiscord(guilds=guilds, heartbeat_interval_ms=heartbeat_interval_ms) as discord:
@@ -158,6 +174,7 @@ async def deployment(
             if start:
                 await bot.start()
             yield bot
+            assert not bot.leaked_secrets(), f"secrets in the bot's log: {bot.leaked_secrets()}"
             if check_log:
                 assert not bot.bad_log_lines(), "\n".join(bot.bad_log_lines())
         except BaseException:
