@@ -1,4 +1,4 @@
-"""The security review's claims (SECURITY.md), checked against the real bot process.
+"""The security review's claims (the README's Security section), checked against the real bot process.
 
 Admin commands are refused to members without Manage Server; a ban stops a job that was
 already queued when it was made (checked again at claim, not only at enqueue); an admin can
