@@ -341,7 +341,8 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Moderate t
                 value=f"{r.jobs} jobs · {r.complete} ok · {r.failed} failed · {r.cancelled} cancelled\n"
                 f"avg {r.gpu_seconds_avg:.1f} GPU s",
             )
-        top = await self.bot.store.top_users(since=since, limit=5)
+        # only this server's members: an admin of one server must not see another's
+        top = await self.bot.store.top_users(since=since, limit=5, guild_id=self._guild(interaction))
         if top:
             embed.add_field(
                 name="Top users",
