@@ -408,6 +408,8 @@ async def test_ban_blocklist_channels_quota_stats_and_audit(running_bot: BotProc
     assert "jobs" in stats.embed["description"] and any(
         "tiny-image" in f["name"] for f in stats.embed["fields"]
     )
+    top = next(f["value"] for f in stats.embed["fields"] if f["name"] == "Top users")
+    assert f"<@{bot.members['dave'].user.id}>" in top
     audit = await private_reply(await ask(bot, "admin audit", {"limit": 25}, user="admin"))
     for action in (
         "ban",
