@@ -263,12 +263,26 @@ def build_registry(settings: GenerationSettings) -> dict[str, ModelSpec]:
     return registry
 
 
-def _apply_step_settings(spec: ModelSpec, settings: GenerationSettings) -> ModelSpec:
+def step_limits(spec: ModelSpec, settings: GenerationSettings | None) -> tuple[int, int]:
+    """(max_steps, default_steps) of `spec` under the `MAX_STEPS` / `DEFAULT_STEPS` settings.
+
+    The settings only narrow the spec: the cap never goes below `min_steps` nor above the
+    spec's own maximum, and the default is clamped into the resulting range. Idempotent, so
+    a spec that `build_registry` already capped comes out unchanged.
+    """
     max_steps = spec.max_steps
+    default_steps = spec.default_steps
+    if settings is None:
+        return max_steps, default_steps
     if settings.max_steps is not None:
         max_steps = max(spec.min_steps, min(max_steps, settings.max_steps))
-    default_steps = spec.default_steps if settings.default_steps is None else settings.default_steps
-    default_steps = max(spec.min_steps, min(default_steps, max_steps))
+    if settings.default_steps is not None:
+        default_steps = settings.default_steps
+    return max_steps, max(spec.min_steps, min(default_steps, max_steps))
+
+
+def _apply_step_settings(spec: ModelSpec, settings: GenerationSettings) -> ModelSpec:
+    max_steps, default_steps = step_limits(spec, settings)
     return dataclasses.replace(spec, max_steps=max_steps, default_steps=default_steps)
 
 

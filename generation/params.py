@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from generation.errors import InvalidRequest
-from generation.models import ModelSpec
+from generation.models import ModelSpec, step_limits
 from generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -257,14 +257,7 @@ def validate_request(
         value = values.get(name)
         return default if value is None else value
 
-    max_steps = spec.max_steps
-    default_steps = spec.default_steps
-    if settings is not None:
-        if settings.max_steps is not None:
-            max_steps = max(spec.min_steps, min(max_steps, settings.max_steps))
-        if settings.default_steps is not None:
-            default_steps = settings.default_steps
-        default_steps = max(spec.min_steps, min(default_steps, max_steps))
+    max_steps, default_steps = step_limits(spec, settings)
 
     prompt = _prompt(values.get("prompt"), name="prompt", required=True)
     assert prompt is not None
