@@ -19,7 +19,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -109,6 +109,14 @@ def output_size(width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
     return _even(width * scale), _even(height * scale)
 
 
+def to_rgb_uint8(frame: Any) -> np.ndarray:
+    """One frame as a contiguous uint8 HxWx3 array: floats in [0, 1] scaled, alpha dropped."""
+    array = np.asarray(frame)
+    if array.dtype != np.uint8:
+        array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(array[..., :3])
+
+
 def _as_frames(frames: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
     items = list(frames)
     if not items:
@@ -121,9 +129,7 @@ def _as_frames(frames: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
         array = np.asarray(item)
         if array.shape[:2] != first.shape[:2]:
             raise EncodeError(f"frame sizes differ: {array.shape[:2]} vs {first.shape[:2]}")
-        if array.dtype != np.uint8:
-            array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        out.append(np.ascontiguousarray(array[..., :3]))
+        out.append(to_rgb_uint8(array))
     return out
 
 
@@ -392,9 +398,8 @@ def encode_output(
 # -- inspection (tests, diagnostics) ------------------------------------------------------------
 
 
-def mp4_top_level_boxes(data: bytes) -> list[str]:
-    """Top-level MP4 box types in file order; faststart means `moov` comes before `mdat`."""
-    boxes = []
+def _top_level_boxes(data: bytes) -> Iterator[tuple[bytes, int]]:
+    """(type, size) of each top-level MP4 box in file order; stops at a malformed header."""
     offset = 0
     while offset + 8 <= len(data):
         size, kind = struct.unpack(">I4s", data[offset : offset + 8])
@@ -404,26 +409,17 @@ def mp4_top_level_boxes(data: bytes) -> list[str]:
             size = len(data) - offset
         if size < 8:
             break
-        boxes.append(kind.decode("latin-1"))
+        yield kind, size
         offset += size
-    return boxes
+
+
+def mp4_top_level_boxes(data: bytes) -> list[str]:
+    """Top-level MP4 box types in file order; faststart means `moov` comes before `mdat`."""
+    return [kind.decode("latin-1") for kind, _ in _top_level_boxes(data)]
 
 
 def _mdat_size(data: bytes) -> int:
-    total = 0
-    offset = 0
-    while offset + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
-        if size == 1:
-            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
-        elif size == 0:
-            size = len(data) - offset
-        if size < 8:
-            break
-        if kind == b"mdat":
-            total += size
-        offset += size
-    return total
+    return sum(size for kind, size in _top_level_boxes(data) if kind == b"mdat")
 
 
 def is_faststart(data: bytes) -> bool:
