@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from generation.errors import GenerationCancelled, ModelUnavailable
+from generation.media import to_rgb_uint8
 from generation.models import ModelSpec, build_registry, get_spec
 from generation.params import GenerationRequest, VideoRequest
 from generation.preview import latents_to_preview
@@ -465,13 +466,7 @@ def _frames_to_uint8(frames: Any) -> list[np.ndarray]:
         items = list(frames)
     else:
         items = list(frames[0]) if frames and isinstance(frames[0], list | tuple) else list(frames)
-    out = []
-    for frame in items:
-        array = np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame)
-        if array.dtype != np.uint8:
-            array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        out.append(np.ascontiguousarray(array[..., :3]))
-    return out
+    return [to_rgb_uint8(f.convert("RGB") if isinstance(f, Image.Image) else f) for f in items]
 
 
 def _scheduler_class(spec: ModelSpec) -> Any:
