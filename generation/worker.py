@@ -279,6 +279,10 @@ class GPUWorker:
         )
         with self._lock:
             self._current = me
+            # a job waiting in an abandoned thread's inbox moves to the new one, under the same
+            # lock as the switch: a `submit` racing the restart lands in exactly one inbox
+            if self._pending is not None:
+                me.inbox.put(self._pending)
         me.thread.start()
 
     def _main(self, me: _Thread, manager: PipelineManager | None) -> None:
@@ -487,9 +491,6 @@ class GPUWorker:
         if not self._stop.is_set():
             self._ready.clear()
             self._spawn(None)
-            with self._lock:  # a job waiting in the abandoned thread's inbox moves to the new one
-                if self._pending is not None and self._current is not None:
-                    self._current.inbox.put(self._pending)
         self._call(self._on_done, outcome)
 
     # -- helpers ---------------------------------------------------------------------------
