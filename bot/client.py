@@ -19,7 +19,7 @@ from discord.ext import commands
 from bot import metrics
 from bot.actions import Actions
 from bot.delivery import DiscordDelivery
-from bot.formatting import incident_id
+from bot.error_replies import reply_for
 from bot.jobs import Job
 from bot.moderation import Moderator
 from bot.payloads import payload_problem
@@ -27,15 +27,12 @@ from bot.queue import JobQueue
 from bot.settings import Settings
 from bot.store.base import AuditEntry, Store
 from bot.views import DYNAMIC_ITEMS
-from generation.errors import UserError
 from generation.models import ModelSpec
 
 log = logging.getLogger(__name__)
 
 COGS = ("bot.cogs.generate", "bot.cogs.queue", "bot.cogs.member", "bot.cogs.admin")
 NONE = discord.AllowedMentions.none()
-#: Discord's "Unknown interaction": the interaction expired (not answered within 3 s) or never existed
-UNKNOWN_INTERACTION = 10062
 MAX_MESSAGE_CHARS = 2000
 
 
@@ -63,37 +60,10 @@ class ImagineTree(app_commands.CommandTree["ImagineBot"]):
     async def on_error(
         self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
     ) -> None:
-        """User errors become a polite ephemeral reply; anything else is logged with an id."""
-        cause: BaseException = getattr(error, "original", error)
-        if isinstance(cause, discord.NotFound) and cause.code == UNKNOWN_INTERACTION:
-            # Discord gave up on the interaction (we answered after its 3 s): any reply would get
-            # 10062 again, so say so once in the log and let the member simply try again
-            log.warning(
-                "interaction %s (/%s) expired before it was answered (10062); nothing was done",
-                interaction.id,
-                getattr(interaction.command, "qualified_name", "?"),
-            )
-            return
-        if isinstance(cause, UserError):
-            text = cause.message
-        elif isinstance(cause, app_commands.CheckFailure):
-            text = str(cause) or "You can't use this command here."
-        elif isinstance(cause, app_commands.TransformerError):
-            shown = repr(cause.value).replace("`", "'")
-            shown = shown if len(shown) <= 40 else shown[:39] + "…"
-            text = f"That value (`{shown}`) doesn't fit this option."
-        elif isinstance(cause, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):
-            text = "This command has changed since Discord last loaded it; reload Discord and try again."
-        else:
-            incident = incident_id()
-            log.error(
-                "incident %s in /%s",
-                incident,
-                getattr(interaction.command, "qualified_name", "?"),
-                exc_info=cause,
-            )
-            text = f"Sorry, something went wrong on our side (incident `{incident}`). Please try again later."
-        await self.client.reply_privately(interaction, text)
+        where = f"/{getattr(interaction.command, 'qualified_name', '?')} (interaction {interaction.id})"
+        text = reply_for(error, where=where)
+        if text is not None:
+            await self.client.reply_privately(interaction, text)
 
 
 class ImagineBot(commands.Bot):

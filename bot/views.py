@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
-from bot.formatting import incident_id, short_id
-from generation.errors import UserError
+from bot.error_replies import reply_for
+from bot.formatting import short_id
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -47,17 +47,13 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"job:
         )
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        """Buttons share the slash commands' error policy: polite for UserError, logged otherwise."""
+        """Buttons share the slash commands' error policy (bot.error_replies)."""
         try:
             await self.run(interaction)
-        except UserError as exc:
-            await _bot(interaction).reply_privately(interaction, exc.message)
-        except Exception:
-            incident = incident_id()
-            log.exception("incident %s on button %s for job %s", incident, self.action, self.job_id)
-            await _bot(interaction).reply_privately(
-                interaction, f"Sorry, something went wrong on our side (incident `{incident}`)."
-            )
+        except Exception as exc:
+            text = reply_for(exc, where=f"button {self.action} of job {self.job_id}")
+            if text is not None:
+                await _bot(interaction).reply_privately(interaction, text)
 
     async def run(self, interaction: discord.Interaction[Any]) -> None:
         raise NotImplementedError
