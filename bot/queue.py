@@ -331,7 +331,9 @@ class JobQueue:
         self._loops: list[asyncio.Task[None]] = []
         self._reserved: dict[str, int] = {}
         self._reserved_total = 0
-        self._offered: set[str] = set()
+        #: job id -> when it was offered for delivery (oldest first); only the last
+        #: REDELIVER_WINDOW matters, since redeliver_pending skips anything finished before that
+        self._offered: dict[str, datetime] = {}
         self._cost_version = self.costs.version
         self._cost_refreshed = 0.0
         self._costs_dirty = False
@@ -607,7 +609,7 @@ class JobQueue:
             changes["result_url"] = url
         if not changes:
             raise ValueError("mark_delivered needs a message_id or a url")
-        self._offered.add(job_id)
+        self._mark_offered(job_id)
         return await self.store.update_job(job_id, **changes)
 
     async def redeliver_pending(self) -> int:
@@ -631,11 +633,24 @@ class JobQueue:
             result = await asyncio.to_thread(self.results.result_for, job)
             if result is None:
                 continue
-            self._offered.add(job.id)
+            self._mark_offered(job.id)
             log.info("job %s finished before a restart but was not delivered: offering it again", job.id)
             self._bus.emit(_Event("finished", job, result=result))
             offered += 1
         return offered
+
+    def _mark_offered(self, job_id: str) -> None:
+        """Remember that `job_id` was offered. Offers older than REDELIVER_WINDOW are forgotten, so
+        this stays bounded: their jobs finished before redeliver_pending's cutoff, which it skips."""
+        now = self.clock()
+        self._offered.pop(job_id, None)
+        self._offered[job_id] = now
+        cutoff = now - REDELIVER_WINDOW
+        while True:
+            oldest = next(iter(self._offered))
+            if self._offered[oldest] >= cutoff:
+                return
+            del self._offered[oldest]
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -949,7 +964,7 @@ class JobQueue:
             )
             return
         if outcome.state is JobState.COMPLETE:
-            self._offered.add(job_id)
+            self._mark_offered(job_id)
         # listeners first (delivery should not wait on bookkeeping), then the request-log counters
         self._bus.emit(_Event("finished", done, result=outcome.result))
         if outcome.state is JobState.COMPLETE and outcome.gpu_seconds > 0:

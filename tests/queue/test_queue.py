@@ -16,11 +16,14 @@ import pytest
 import torch
 
 from bot.costs import CostModel, cost_key
+from bot.executor import InProcessExecutor
 from bot.jobs import JobState, utcnow
 from bot.queue import (
+    REDELIVER_WINDOW,
     AlreadyFinished,
     Banned,
     JobNotFound,
+    JobQueue,
     NotAllowed,
     QueueFull,
     QueuePaused,
@@ -32,7 +35,7 @@ from bot.store.testing import mongomock_store
 from generation.models import ModelSpec
 from generation.pipelines import PipelineManager, StepInfo
 from generation.settings import GenerationSettings
-from tests.queue.conftest import make_job, wait_for
+from tests.queue.conftest import make_job, queue_settings, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -470,3 +473,29 @@ async def test_leases_are_renewed_while_a_job_runs(
     gate.opened.set()
     done = await rec.finished(job.job.id)
     assert done.state is JobState.COMPLETE and done.attempts == 1
+
+
+async def test_offers_older_than_the_redelivery_window_are_forgotten(
+    sqlite_store: Store,
+    tiny_settings: GenerationSettings,
+    tiny_registry: dict[str, ModelSpec],
+    tmp_path: Path,
+) -> None:
+    """What the queue remembers having offered stays bounded on a bot that runs for months."""
+    now = [utcnow()]
+    settings = queue_settings(tiny_settings, tmp_path)
+    queue = JobQueue(
+        settings=settings,
+        store=sqlite_store,
+        executor=InProcessExecutor(settings=settings, manager_factory=lambda: None),  # type: ignore[arg-type,return-value]
+        clock=lambda: now[0],
+    )
+    jobs = [make_job(tiny_registry, "alice") for _ in range(3)]
+    for job in jobs:
+        await sqlite_store.insert_job(job)
+    await queue.mark_delivered(jobs[0].id, "1")
+    await queue.mark_delivered(jobs[1].id, "2")
+    assert list(queue._offered) == [jobs[0].id, jobs[1].id]
+    now[0] += REDELIVER_WINDOW + timedelta(seconds=1)
+    await queue.mark_delivered(jobs[2].id, "3")
+    assert list(queue._offered) == [jobs[2].id]
