@@ -191,13 +191,14 @@ def _build_job(request: web.Request, *, caller: ApiCaller, kind: str, body: dict
 
 async def _own_job(request: web.Request, caller: ApiCaller) -> Job:
     job_id = request.match_info["job_id"]
-    job = await request.app[STORE_KEY].get_job(job_id) if _plausible_id(job_id) else None
+    job = await request.app[STORE_KEY].get_job(job_id) if plausible_job_id(job_id) else None
     if job is None or job.user_id != caller.user_id:
         raise ApiError(404, "job_not_found", f"No job {job_id[:64]!r} for this API key.")
     return job
 
 
-def _plausible_id(job_id: str) -> bool:
+def plausible_job_id(job_id: str) -> bool:
+    """Worth a database lookup: ids are short and URL-safe, so anything else is unknown."""
     return 0 < len(job_id) <= 64 and all(c.isalnum() or c in "-_" for c in job_id)
 
 

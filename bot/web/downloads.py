@@ -20,7 +20,7 @@ from aiohttp import web
 
 from bot.jobs import Job, JobState, Source
 from bot.store import Store
-from bot.web.api import file_response
+from bot.web.api import file_response, plausible_job_id
 from bot.web.errors import ApiError
 from bot.web.keys import POSTERS_KEY, SIGNER_KEY, STORE_KEY
 from bot.web.links import DOWNLOAD_PREFIX, LinkExpired, LinkInvalid
@@ -84,7 +84,7 @@ async def signed_download(request: web.Request) -> web.StreamResponse:
 async def _gallery_job(request: web.Request) -> Job:
     store = request.app[STORE_KEY]
     job_id = request.match_info["job_id"]
-    job = await store.get_job(job_id) if 0 < len(job_id) <= 64 else None
+    job = await store.get_job(job_id) if plausible_job_id(job_id) else None
     if job is None or not await gallery_allowed(store, job):
         raise ApiError(404, "not_found", "No such result in the gallery.")
     return job
