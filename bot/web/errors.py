@@ -125,6 +125,15 @@ def _route_name(request: web.Request) -> str:
     return canonical or "unmatched"
 
 
+#: request methods counted by name; any other token is counted as "other"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _method_name(request: web.Request) -> str:
+    """A bounded label: the method is client-chosen text (any token with the pure-Python parser)."""
+    return request.method if request.method in _METHODS else "other"
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into the JSON error shape, and count requests for /metrics."""
@@ -156,5 +165,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     finally:
         metrics.HTTP_REQUESTS.labels(
-            route=_route_name(request), method=request.method, status=str(status)
+            route=_route_name(request), method=_method_name(request), status=str(status)
         ).inc()

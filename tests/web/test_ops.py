@@ -222,3 +222,13 @@ def test_busy_ratio_over_a_sliding_window() -> None:
     now[0] += 200
     assert busy.ratio() == 0.0
     assert busy.finished("never-started") == 0.0
+
+
+def test_request_metric_method_label_is_bounded() -> None:
+    """Client-chosen method tokens must not mint new series (the pure-Python parser takes any)."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from bot.web.errors import _method_name
+
+    assert _method_name(make_mocked_request("POST", "/api/v1/images")) == "POST"
+    assert _method_name(make_mocked_request("XYZZY123", "/")) == "other"
