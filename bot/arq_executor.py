@@ -58,7 +58,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from bot.executor import ExecutionSink, Outcome, PreviewFn, WorkerInfo
+from bot.executor import ExecutionSink, Outcome, PreviewFn, WorkerInfo, call_sink, count_oom_retries
 from bot.jobs import Job, JobState
 from bot.results import JobResult, ResultWriter, png_metadata
 from generation.scaleout import (
@@ -413,15 +413,15 @@ class ArqExecutor:
             h.phase = "running"
         if not h.started_reported:
             h.started_reported = True
-            self._sink_call("job_started", h.job.id, worker_id=h.worker or "?")
+            call_sink(self._sink, "job_started", h.job.id, worker_id=h.worker or "?")
 
     def _mark_finishing(self, h: _Handed, worker: str | None) -> None:
         if h.phase == "finishing":
             return
         self._mark_running(h, worker)
         h.phase = "finishing"
-        self._sink_call("job_gpu_done", h.job.id)
-        self._sink_call("slot_free")
+        call_sink(self._sink, "job_gpu_done", h.job.id)
+        call_sink(self._sink, "slot_free")
 
     async def _collect(self, h: _Handed) -> None:
         if h.collecting or self._handed.get(h.job.id) is not h:
@@ -467,7 +467,7 @@ class ArqExecutor:
         timings = {"load_s": report.load_s, "generate_s": report.gpu_seconds, "encode_s": report.encode_s}
         if report.oom_retries:
             timings["oom_retries"] = float(report.oom_retries)
-            _count_oom(job.model, report.oom_retries)
+            count_oom_retries(job.model, report.oom_retries)
         common: dict[str, Any] = {
             "gpu_seconds": report.gpu_seconds,
             "timings": timings,
@@ -526,8 +526,8 @@ class ArqExecutor:
         if self._handed.get(h.job.id) is not h:
             return
         self._forget(h)
-        self._sink_call("job_finished", h.job.id, outcome)
-        self._sink_call("slot_free")
+        call_sink(self._sink, "job_finished", h.job.id, outcome)
+        call_sink(self._sink, "slot_free")
 
     def _forget(self, h: _Handed) -> None:
         if self._handed.get(h.job.id) is h:
@@ -684,7 +684,7 @@ class ArqExecutor:
         changed = live.keys() != self._workers.keys()
         self._workers = live
         if changed:
-            self._sink_call("slot_free")
+            call_sink(self._sink, "slot_free")
 
     # -- progress ----------------------------------------------------------------------------
 
@@ -722,7 +722,7 @@ class ArqExecutor:
                     preview = (lambda png=bytes(data): png)  # noqa: E731
             if step != h.step or preview is not None:
                 h.step = step
-                self._sink_call("job_progress", h.job.id, step, total, preview)
+                call_sink(self._sink, "job_progress", h.job.id, step, total, preview)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -755,14 +755,6 @@ class ArqExecutor:
         if not self._redis_warned:
             log.warning("Redis unreachable (%s); jobs on the workers keep running, retrying", exc)
             self._redis_warned = True
-
-    def _sink_call(self, method: str, *args: Any, **kwargs: Any) -> None:
-        if self._sink is None:
-            return
-        try:
-            getattr(self._sink, method)(*args, **kwargs)
-        except Exception:
-            log.exception("executor sink %s failed", method)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -871,12 +863,3 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _count_oom(model: str, n: int) -> None:
-    try:
-        from bot import metrics
-
-        metrics.OOM_RETRIES.labels(model=model).inc(n)
-    except Exception:
-        log.debug("could not count OOM retries", exc_info=True)

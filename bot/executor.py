@@ -307,7 +307,9 @@ class InProcessExecutor:
     def _on_start(self, job_id: str) -> None:
         assert self._loop is not None and self._sink is not None
         worker_id = f"{self._host}/gpu"
-        self._loop.call_soon_threadsafe(lambda: self._sink_call("job_started", job_id, worker_id=worker_id))
+        self._loop.call_soon_threadsafe(
+            lambda: call_sink(self._sink, "job_started", job_id, worker_id=worker_id)
+        )
 
     def _on_step(self, job_id: str, info: StepInfo) -> None:
         assert self._loop is not None
@@ -326,25 +328,17 @@ class InProcessExecutor:
         # a fresh GPU thread (after a hung step) is ready: jobs queued meanwhile can go now
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(self._sink_call, "slot_free")
+            self._loop.call_soon_threadsafe(call_sink, self._sink, "slot_free")
         except RuntimeError:  # the loop is closed
             log.debug("GPU worker ready after the event loop closed")
 
     # -- on the loop -----------------------------------------------------------------------
 
-    def _sink_call(self, method: str, *args: Any, **kwargs: Any) -> None:
-        if self._sink is None:
-            return
-        try:
-            getattr(self._sink, method)(*args, **kwargs)
-        except Exception:
-            log.exception("executor sink %s failed", method)
-
     def _stepped(self, job_id: str, step: int, total: int, preview: PreviewFn | None) -> None:
-        self._sink_call("job_progress", job_id, step, total, preview)
+        call_sink(self._sink, "job_progress", job_id, step, total, preview)
         if total and step >= total and job_id in self._jobs and self._decoding != job_id:
             self._decoding = job_id
-            self._sink_call("slot_free")
+            call_sink(self._sink, "slot_free")
 
     def _gpu_done(self, outcome: WorkOutcome) -> None:
         job = self._jobs.pop(outcome.job_id, None)
@@ -358,10 +352,10 @@ class InProcessExecutor:
         timings = {"load_s": outcome.load_s, "generate_s": outcome.gpu_seconds}
         if outcome.oom_retries:
             timings["oom_retries"] = float(outcome.oom_retries)
-            _count_oom(job.model, outcome.oom_retries)
+            count_oom_retries(job.model, outcome.oom_retries)
         if outcome.status == "complete" and outcome.output is not None:
             assert self._loop is not None and self._encoder is not None
-            self._sink_call("job_gpu_done", job.id)
+            call_sink(self._sink, "job_gpu_done", job.id)
             t0 = time.monotonic()
             future = self._loop.run_in_executor(self._encoder, self.results.write, job, outcome.output)
             self._encoding[job.id] = future
@@ -370,7 +364,8 @@ class InProcessExecutor:
             state = JobState.CANCELLED if outcome.status == "cancelled" else JobState.FAILED
             if outcome.exception is not None and outcome.status == "failed":
                 log.warning("job %s failed: %s", job.id, outcome.exception)
-            self._sink_call(
+            call_sink(
+                self._sink,
                 "job_finished",
                 job.id,
                 Outcome(
@@ -381,7 +376,7 @@ class InProcessExecutor:
                     worker_id=outcome.worker_id,
                 ),
             )
-        self._sink_call("slot_free")
+        call_sink(self._sink, "slot_free")
 
     def _encoded(
         self,
@@ -411,11 +406,23 @@ class InProcessExecutor:
                 timings=timings,
                 worker_id=outcome.worker_id,
             )
-        self._sink_call("job_finished", job.id, result_outcome)
-        self._sink_call("slot_free")
+        call_sink(self._sink, "job_finished", job.id, result_outcome)
+        call_sink(self._sink, "slot_free")
 
 
-def _count_oom(model: str, n: int) -> None:
+def call_sink(sink: ExecutionSink | None, method: str, *args: Any, **kwargs: Any) -> None:
+    """Report to the scheduler (on the loop); a failing sink is logged, never raised into the
+    executor's own bookkeeping."""
+    if sink is None:
+        return
+    try:
+        getattr(sink, method)(*args, **kwargs)
+    except Exception:
+        log.exception("executor sink %s failed", method)
+
+
+def count_oom_retries(model: str, n: int) -> None:
+    """Count a job's out-of-memory retries in /metrics (best effort: metrics may be absent)."""
     try:
         from bot import metrics
 
