@@ -17,6 +17,7 @@ from bot.jobs import Job, Source
 from bot.moderation import RequestContext
 from bot.views import status_view
 from generation.errors import InvalidRequest, UserError
+from generation.models import default_model_id, get_spec
 from generation.params import random_seed, validate_request
 
 if TYPE_CHECKING:
@@ -64,13 +65,8 @@ class Actions:
     def build_job(self, interaction: discord.Interaction[Any], *, kind: str, raw: dict[str, Any]) -> Job:
         """Validate options against the model's limits; raises InvalidRequest naming the option."""
         settings = self.bot.settings
-        default_model = settings.image_model if kind == "image" else settings.video_model
-        model_id = raw.pop("model", None) or default_model
-        spec = self.bot.registry.get(model_id)
-        if spec is None or spec.kind != kind:
-            choices = ", ".join(m.id for m in self.bot.registry.values() if m.kind == kind)
-            shown = repr(model_id) if len(str(model_id)) <= 40 else repr(str(model_id)[:40]) + "…"
-            raise InvalidRequest(f"Unknown {kind} model {shown}. Available: {choices}.")
+        model_id = raw.pop("model", None) or default_model_id(settings, kind)  # type: ignore[arg-type]
+        spec = get_spec(self.bot.registry, model_id, kind=kind)  # type: ignore[arg-type]
         request = validate_request(kind, {**raw, "model": model_id}, spec, settings)
         ctx = self._context(interaction)
         return Job(

@@ -289,14 +289,16 @@ def _apply_step_settings(spec: ModelSpec, settings: GenerationSettings) -> Model
 def get_spec(registry: Mapping[str, ModelSpec], model_id: str, *, kind: Kind | None = None) -> ModelSpec:
     """Look a model up, with an error a member (or the admin) can act on."""
     spec = registry.get(model_id)
+    # the id comes from the member: echo at most 40 characters of it (replies have limits)
+    shown = repr(model_id) if len(model_id) <= 40 else repr(model_id[:40]) + "…"
     if spec is None:
-        known = ", ".join(sorted(registry))
+        known = ", ".join(sorted(m.id for m in registry.values() if kind is None or m.kind == kind))
         raise ModelUnavailable(
-            f"Unknown model {model_id!r}. Known models: {known}. "
+            f"Unknown model {shown}. Known {kind + ' ' if kind else ''}models: {known}. "
             "Add others with EXTRA_MODELS, or choose one with IMAGE_MODEL / VIDEO_MODEL."
         )
     if kind is not None and spec.kind != kind:
-        raise ModelUnavailable(f"Model {model_id!r} makes {spec.kind}s, not {kind}s.")
+        raise ModelUnavailable(f"Model {shown} makes {spec.kind}s, not {kind}s.")
     return spec
 
 
