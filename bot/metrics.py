@@ -226,7 +226,11 @@ def refresh_from_state(
             depth[kind] = depth.get(kind, 0) + 1
         for kind, n in depth.items():
             QUEUE_DEPTH.labels(kind=kind).set(n)
-        QUEUE_RUNNING.set(1 if _get(snapshot, "running") else 0)
+        active = _get(snapshot, "active")
+        if active is not None:  # one entry per job on a GPU worker (several when scaled out)
+            QUEUE_RUNNING.set(sum(1 for a in active if _get(a, "phase") != "finishing"))
+        else:
+            QUEUE_RUNNING.set(1 if _get(snapshot, "running") else 0)
         QUEUE_PAUSED.set(1 if _get(snapshot, "paused") else 0)
     if store is not None:
         size = getattr(store, "buffer_size", None)
