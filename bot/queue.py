@@ -785,20 +785,23 @@ class JobQueue:
             job = self.order.pop()
             if job is None:
                 return
+            now = self.clock()
+            # before any await: until `served` runs, the member's next job would be ranked
+            # with their old turn and positions seen meanwhile would jump back and forth
+            previous_turn = self.order.served(job.user_id, now.timestamp())
             if job.attempts >= job.max_tries:
                 await self._fail_exhausted(job)
                 continue
             try:
                 banned = await self._banned_since_queued(job)
             except BaseException:
+                self.order.restore_served(job.user_id, previous_turn)
                 self.order.add(job)
                 raise
             if banned:
                 continue
             active = _Active(job=job, cost=self._estimate(job))
             self._active[job.id] = active
-            now = self.clock()
-            previous_turn = self.order.served(job.user_id, now.timestamp())
             try:
                 claimed = await self.store.claim_job(
                     job.id,

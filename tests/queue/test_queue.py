@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -91,6 +92,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 async def test_interleaved_burst_runs_round_robin_with_positions_and_etas(
     store: Store, start_queue, tiny_registry: dict[str, ModelSpec], hooks
 ) -> None:
+    # a store that answers slowly widens every await in dispatch (the ban check at claim
+    # among them), so positions sampled meanwhile show any moment the fair order is half-updated
+    get_user = store.get_user
+
+    async def slow_get_user(user_id: str) -> Any:
+        await asyncio.sleep(0.02)
+        return await get_user(user_id)
+
+    store.get_user = slow_get_user  # type: ignore[method-assign]
     queue, rec = await start_queue(store)
     gate = hooks(Gate())
     blocker = await queue.submit(make_job(tiny_registry, "zed"))
