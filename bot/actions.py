@@ -15,8 +15,9 @@ import discord
 from bot.formatting import queued_status, short_id
 from bot.jobs import Job, Source
 from bot.moderation import RequestContext
-from bot.views import status_view
-from generation.errors import InvalidRequest, UserError
+from bot.queue import NotAllowed
+from bot.views import NOT_YOURS, status_view
+from generation.errors import InvalidRequest
 from generation.models import default_model_id, get_spec
 from generation.params import random_seed, validate_request
 
@@ -27,10 +28,6 @@ log = logging.getLogger(__name__)
 
 NONE = discord.AllowedMentions.none()
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
-
-
-class NotYours(UserError):
-    code = "forbidden"
 
 
 class Actions:
@@ -128,13 +125,17 @@ class Actions:
         job.parent_id = parent.id
         return await self.submit(interaction, job)
 
+    def may_delete(self, job: Job, interaction: discord.Interaction[Any]) -> bool:
+        """The one rule for deleting a result: its requester, or an admin."""
+        return job.user_id == str(interaction.user.id) or self.bot.is_admin(interaction)
+
     async def delete_result(self, job_id: str, *, interaction: discord.Interaction[Any]) -> None:
         job = await self.bot.store.get_job(job_id)
         if job is None:
             raise InvalidRequest("That job no longer exists.")
+        if not self.may_delete(job, interaction):
+            raise NotAllowed(NOT_YOURS)
         admin = self.bot.is_admin(interaction)
-        if job.user_id != str(interaction.user.id) and not admin:
-            raise NotYours("Only the member who asked for this (or a server admin) can delete it.")
         if interaction.message is not None:
             await interaction.message.delete()
         if admin and job.user_id != str(interaction.user.id):

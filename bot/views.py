@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
+NOT_YOURS = "Only the member who asked for this (or a server admin) can delete it."
 
 
 def _bot(interaction: discord.Interaction[Any]) -> ImagineBot:
@@ -103,10 +104,10 @@ class DeleteButton(_JobButton, template=r"job:delete:" + JOB_ID):
     async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
         bot = _bot(interaction)
         job = await bot.store.get_job(self.job_id)
-        if job is not None and (job.user_id == str(interaction.user.id) or bot.is_admin(interaction)):
+        if job is not None and bot.actions.may_delete(job, interaction):
             return True
         await interaction.response.send_message(
-            "Only the member who asked for this (or a server admin) can delete it.",
+            NOT_YOURS,
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
         )

@@ -63,7 +63,6 @@ _STATUS_BY_CLASS: dict[str, int] = {
     "TooManyQueued": 429,
     "QuotaExceeded": 429,
     "Banned": 403,
-    "NotYours": 403,
     "JobNotFound": 404,
     "NotCancellable": 409,
     "StoreUnavailable": 503,
