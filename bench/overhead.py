@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 async def _measure(runs: int) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))  # the fake Discord lives with the tests
-    from bot.store.sqlite import SQLiteStore
+    from bot.core.store.sqlite import SQLiteStore
     from tests.bot.conftest import bot_env, free_port, make_world, start_bot, stop_bot
     from tests.fake_discord import FakeDiscord
 

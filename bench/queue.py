@@ -16,7 +16,7 @@ aggregation over their requests); the queue then keeps that total itself as thei
 That first request per member is reported apart (``enqueue_first_of_member``): on mongomock it
 is a full scan of every job, which a real server answers from the (user, time) index.
 Backends: a SQLite file (WAL, synchronous=FULL, the default), and the Mongo driver over
-mongomock-motor with its `_id` lookup (see `bot.store.testing`): mongomock scans every document
+mongomock-motor with its `_id` lookup (see `bot.core.store.testing`): mongomock scans every document
 for any other query, so its figures bound the adapter's own cost from above, not a real server's.
 Target: p95 < 5 ms per operation on each of those two. Every durable SQLite write waits for one
 fsync, so the disk's own fsync latency (measured before and after, ``fsync_*``) is the floor; the
@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import emit
-from bot.executor import ExecutionSink, Outcome, WorkerInfo
-from bot.jobs import Job, JobState
-from bot.queue import JobQueue
+from bot.core.executor import ExecutionSink, Outcome, WorkerInfo
+from bot.core.jobs import Job, JobState
+from bot.core.queue import JobQueue
+from bot.core.store.base import Store
 from bot.settings import Settings
-from bot.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ class DeliveryLike:
 @contextlib.asynccontextmanager
 async def tiny_video_queue(**overrides: Any) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
     """A started queue with the in-process executor (tiny twins preloaded) on a temp SQLite file."""
-    from bot.executor import InProcessExecutor
-    from bot.store.sqlite import SQLiteStore
+    from bot.core.executor import InProcessExecutor
+    from bot.core.store.sqlite import SQLiteStore
 
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp_name:
         tmp = Path(tmp_name)
@@ -222,7 +222,7 @@ class NullExecutor:
 
 async def _fill(store: Store, jobs: int, users: int) -> None:
     """Put `jobs` queued jobs in the store (the bulk of them, before timing starts)."""
-    from bot.jobs import utcnow
+    from bot.core.jobs import utcnow
 
     t0 = time.perf_counter()
     for n in range(jobs):
@@ -233,8 +233,8 @@ async def _fill(store: Store, jobs: int, users: int) -> None:
 
 
 async def bench_backend(kind: str, *, jobs: int, users: int, ops: int, tmp: Path) -> dict[str, Any]:
-    from bot.store.sqlite import SQLiteStore
-    from bot.store.testing import mongomock_store
+    from bot.core.store.sqlite import SQLiteStore
+    from bot.core.store.testing import mongomock_store
 
     store: Store
     if kind.startswith("sqlite"):

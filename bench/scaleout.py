@@ -42,8 +42,8 @@ import torch
 
 from bench.common import emit
 from bench.queue import BENCH_MODEL_CACHE, DeliveryLike, bench_settings, video_job
-from bot.jobs import Job
-from bot.queue import JobQueue
+from bot.core.jobs import Job
+from bot.core.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,9 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def bot_queue(tmp: Path, name: str, **overrides: Any) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
-    from bot.arq_executor import ArqExecutor
-    from bot.executor import InProcessExecutor
-    from bot.store.sqlite import SQLiteStore
+    from bot.core.arq_executor import ArqExecutor
+    from bot.core.executor import InProcessExecutor
+    from bot.core.store.sqlite import SQLiteStore
 
     folder = tmp / name
     folder.mkdir()
@@ -288,9 +288,7 @@ def main(argv: list[str]) -> bool:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     figures = asyncio.run(_run(args))
-    passed = (
-        figures["ratio_2_over_1"] >= TARGET_RATIO and figures["overhead_ms_median"] < TARGET_OVERHEAD_MS
-    )
+    passed = figures["ratio_2_over_1"] >= TARGET_RATIO and figures["overhead_ms_median"] < TARGET_OVERHEAD_MS
     target = (
         f"throughput(2 workers) >= {TARGET_RATIO} x throughput(1 worker); "
         f"per-job overhead over in-process < {TARGET_OVERHEAD_MS:g} ms median"

@@ -16,8 +16,8 @@ import sys
 
 import discord
 
-from bot.client import ImagineBot
-from bot.discord_endpoint import GatewayLookupError, configure_discord_endpoint
+from bot.discord_ui.client import ImagineBot
+from bot.discord_ui.discord_endpoint import GatewayLookupError, configure_discord_endpoint
 from bot.services import Services, running_services, running_web_server
 from bot.settings import Settings
 

@@ -16,13 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.executor import Executor, InProcessExecutor
-from bot.jobs import Job
-from bot.queue import JobQueue
+from bot.core.executor import Executor, InProcessExecutor
+from bot.core.jobs import Job
+from bot.core.queue import JobQueue
+from bot.core.store import create_store
+from bot.core.store.base import Store
+from bot.core.store.buffer import BufferedStore
 from bot.settings import Settings
-from bot.store import create_store
-from bot.store.base import Store
-from bot.store.buffer import BufferedStore
 from bot.web.app import create_web_app, default_checks, serve
 from bot.web.links import LinkSigner
 from generation.models import ModelSpec, build_registry
@@ -67,7 +67,7 @@ def build_executor(settings: Settings, registry: dict[str, ModelSpec]) -> Execut
     """arq workers on Redis when QUEUE_URL is set, else the in-process GPU thread (preloading the
     configured models). arq and redis are imported only in the first case."""
     if settings.queue_url:
-        from bot.arq_executor import ArqExecutor
+        from bot.core.arq_executor import ArqExecutor
 
         return ArqExecutor(settings=settings)
     preload = tuple(dict.fromkeys(m for m in (settings.image_model, settings.video_model) if m in registry))

@@ -1,7 +1,7 @@
 """The fake Discord runs a real discord.py 2.7 client, and imitates Discord's failure modes.
 
 A small demo bot (slash commands, a command group, a persistent button) is pointed at the
-fake through `bot.discord_endpoint`, exactly as the real bot is; the tests then act as
+fake through `bot.discord_ui.discord_endpoint`, exactly as the real bot is; the tests then act as
 members and assert on what the channel shows. A few tests talk raw HTTP/websocket to check
 protocol details discord.py would hide (exact Content-Type, close codes, replay on RESUME).
 """
@@ -23,7 +23,7 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from bot.discord_endpoint import (
+from bot.discord_ui.discord_endpoint import (
     DEFAULT_API_BASE,
     DEFAULT_GATEWAY_URL,
     GatewayLookupError,

@@ -35,9 +35,9 @@ def test_generation_never_imports_discord_or_the_bot(path: Path) -> None:
 
 
 DISCORD_SIDE = [
-    *sorted((ROOT / "bot" / "cogs").glob("*.py")),
+    *sorted((ROOT / "bot" / "discord_ui").rglob("*.py")),
     *(
-        ROOT / "bot" / name
+        ROOT / "bot" / "discord_ui" / name
         for name in ("actions.py", "views.py", "delivery.py", "client.py", "formatting.py")
     ),
 ]

@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bot import metrics
-from bot.jobs import Job, JobState, Source
+from bot.core import metrics
+from bot.core.jobs import Job, JobState, Source
 from bot.web.auth import ApiCaller
 from bot.web.errors import ApiError
 from bot.web.keys import CALLER_KEY, KEYS_KEY, QUEUE_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from bot import metrics
+from bot.core import metrics
 from bot.web import api, downloads, status_page
 from bot.web.auth import ApiKeys
 from bot.web.errors import error_middleware
@@ -35,8 +35,8 @@ from bot.web.links import LinkSigner
 from bot.web.media import PosterIndex
 
 if TYPE_CHECKING:
+    from bot.core.store import Store
     from bot.settings import Settings
-    from bot.store import Store
     from generation.models import ModelSpec
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot.jobs import Job, JobState, Source
-from bot.store import Store
+from bot.core.jobs import Job, JobState, Source
+from bot.core.store import Store
 from bot.web.api import file_response, plausible_job_id
 from bot.web.errors import ApiError
 from bot.web.keys import POSTERS_KEY, SIGNER_KEY, STORE_KEY

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from bot import metrics
+from bot.core import metrics
 from generation.errors import UserError
 
 log = logging.getLogger(__name__)

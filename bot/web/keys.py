@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from bot.metrics import BusyTracker
+from bot.core.metrics import BusyTracker
 from bot.web.auth import ApiCaller, ApiKeys
 from bot.web.links import LinkSigner
 from bot.web.media import PosterIndex
 
 if TYPE_CHECKING:
+    from bot.core.store import Store
     from bot.settings import Settings
-    from bot.store import Store
     from generation.models import ModelSpec
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from bot.store import Store, StoreUnavailable
+from bot.core.store import Store, StoreUnavailable
 from bot.web.api import job_progress
 from bot.web.downloads import gallery_allowed, shown_publicly
 from bot.web.keys import QUEUE_KEY, STORE_KEY

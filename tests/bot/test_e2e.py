@@ -19,7 +19,7 @@ import pytest
 import yarl
 from PIL import Image
 
-from bot.store.sqlite import SQLiteStore
+from bot.core.store.sqlite import SQLiteStore
 from tests.bot.conftest import API_SECRET, SMALL_UPLOAD_LIMIT, BotProcess, start_bot, stop_bot
 from tests.fake_discord import FakeInteraction, FakeMessage
 

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import torch
 
-from bot.executor import InProcessExecutor
-from bot.jobs import Job, JobState, Source
-from bot.queue import BaseJobListener, JobQueue, JobResult
+from bot.core.executor import InProcessExecutor
+from bot.core.jobs import Job, JobState, Source
+from bot.core.queue import BaseJobListener, JobQueue, JobResult
+from bot.core.store.base import Store
+from bot.core.store.sqlite import SQLiteStore
 from bot.settings import Settings
-from bot.store.base import Store
-from bot.store.sqlite import SQLiteStore
 from generation.models import ModelSpec, get_spec
 from generation.params import validate_request
 from generation.pipelines import PipelineManager

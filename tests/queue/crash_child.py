@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from bot.executor import InProcessExecutor
-from bot.jobs import Job, JobState
-from bot.queue import BaseJobListener, JobQueue, JobResult
+from bot.core.executor import InProcessExecutor
+from bot.core.jobs import Job, JobState
+from bot.core.queue import BaseJobListener, JobQueue, JobResult
+from bot.core.store.sqlite import SQLiteStore
 from bot.settings import Settings
-from bot.store.sqlite import SQLiteStore
 from generation.models import build_registry, get_spec
 from generation.params import validate_request
 from generation.pipelines import PipelineManager, StepInfo

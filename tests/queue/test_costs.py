@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.costs import CostModel, cost_key
+from bot.core.costs import CostModel, cost_key
 
 IMG = {"kind": "image", "model": "sd", "width": 512, "height": 512, "steps": 25}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import JobState
-from bot.store.sqlite import SQLiteStore
+from bot.core.jobs import JobState
+from bot.core.store.sqlite import SQLiteStore
 from generation.pipelines import PipelineManager
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

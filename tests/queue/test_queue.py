@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import torch
 
-from bot.costs import CostModel, cost_key
-from bot.executor import InProcessExecutor
-from bot.jobs import JobState, utcnow
-from bot.queue import (
+from bot.core.costs import CostModel, cost_key
+from bot.core.executor import InProcessExecutor
+from bot.core.jobs import JobState, utcnow
+from bot.core.queue import (
     REDELIVER_WINDOW,
     AlreadyFinished,
     Banned,
@@ -31,8 +31,8 @@ from bot.queue import (
     QuotaExceeded,
     TooManyQueued,
 )
-from bot.store.base import Store
-from bot.store.testing import mongomock_store
+from bot.core.store.base import Store
+from bot.core.store.testing import mongomock_store
 from generation.models import ModelSpec
 from generation.pipelines import PipelineManager, StepInfo
 from generation.settings import GenerationSettings
@@ -80,7 +80,7 @@ def hooks(pipeline_manager: PipelineManager) -> Iterator[Callable[..., object]]:
 @pytest.fixture(params=["sqlite", "mongomock"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """Both drivers, for the tests that are cheap enough to run twice."""
-    from bot.store.sqlite import SQLiteStore
+    from bot.core.store.sqlite import SQLiteStore
 
     st: Store = SQLiteStore(path=tmp_path / "bot.db") if request.param == "sqlite" else mongomock_store()
     await st.open()

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from bot.jobs import Job, JobState
-from bot.store.sqlite import SQLiteStore
+from bot.core.jobs import Job, JobState
+from bot.core.store.sqlite import SQLiteStore
 from tests.bot.conftest import BotProcess, bot_env, free_port, make_world, stop_bot
 from tests.fake_discord import FakeDiscord, FakeMessage
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from pymongo.errors import AutoReconnect
 
-from bot.store.mongo import MongoStore
+from bot.core.store.mongo import MongoStore
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from bot.jobs import Job, JobState
+from bot.core.jobs import Job, JobState
 from generation.params import clean_text
 from tests.fake_discord import FakeInteraction
 from tests.reliability.conftest import BAD_LOG_MARKERS, Deployment, read_jobs

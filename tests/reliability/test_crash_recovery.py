@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import JobState
+from bot.core.jobs import JobState
 from tests.bot.test_e2e import (
     QUEUED,
     TINY,

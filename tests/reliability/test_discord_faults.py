@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.jobs import JobState
+from bot.core.jobs import JobState
 from tests.bot.test_e2e import TINY, TINY_VIDEO, ask, queue_job, result_message, status_message
 from tests.reliability.conftest import Deployment, deployment, results_for
 

@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from bot.jobs import JobState
-from bot.store.sqlite import SQLiteStore
+from bot.core.jobs import JobState
+from bot.core.store.sqlite import SQLiteStore
 from tests.bot.test_e2e import TINY, ask, private_reply, queue_job, result_message, status_message
 from tests.reliability.conftest import Deployment, deployment, results_for, wait_for
 

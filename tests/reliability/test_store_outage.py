@@ -26,14 +26,14 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from bot.executor import InProcessExecutor
-from bot.jobs import Job, JobState
-from bot.queue import JobQueue
+from bot.core.executor import InProcessExecutor
+from bot.core.jobs import Job, JobState
+from bot.core.queue import JobQueue
+from bot.core.store.base import Store, StoreUnavailable
+from bot.core.store.buffer import BufferedStore
+from bot.core.store.mongo import MongoStore, make_client
+from bot.core.store.testing import mongomock_store
 from bot.services import running_services
-from bot.store.base import Store, StoreUnavailable
-from bot.store.buffer import BufferedStore
-from bot.store.mongo import MongoStore, make_client
-from bot.store.testing import mongomock_store
 from generation.models import ModelSpec
 from generation.pipelines import PipelineManager
 from generation.settings import GenerationSettings

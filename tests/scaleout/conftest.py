@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
-from bot.arq_executor import ArqExecutor
-from bot.queue import JobQueue
-from bot.store.sqlite import SQLiteStore
+from bot.core.arq_executor import ArqExecutor
+from bot.core.queue import JobQueue
+from bot.core.store.sqlite import SQLiteStore
 from generation.pipelines import PipelineManager
 from generation.scaleout import Keys
 from generation.settings import GenerationSettings
@@ -248,9 +248,7 @@ class Bot:
 
 
 @pytest.fixture
-async def bot(
-    cluster: Cluster, tiny_settings: GenerationSettings, tmp_path: Path
-) -> AsyncIterator[Bot]:
+async def bot(cluster: Cluster, tiny_settings: GenerationSettings, tmp_path: Path) -> AsyncIterator[Bot]:
     cluster.ensure()
     settings = queue_settings(
         tiny_settings,

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from bot import metrics
-from bot.arq_executor import ArqExecutor
-from bot.jobs import Job, JobState
-from bot.queue import JobQueue
-from bot.store.sqlite import SQLiteStore
+from bot.core import metrics
+from bot.core.arq_executor import ArqExecutor
+from bot.core.jobs import Job, JobState
+from bot.core.queue import JobQueue
+from bot.core.store.sqlite import SQLiteStore
 from generation.models import ModelSpec
 from generation.settings import GenerationSettings
 from tests.queue.conftest import Recorder, make_job, queue_settings, wait_for
@@ -90,9 +90,7 @@ async def test_burst_from_three_users_is_shared_by_both_workers_in_fair_order(
     # long enough (a few tenths of a second each) that both workers get a share, whichever
     # blocker ends first
     burst = [
-        make_job(
-            tiny_registry, user, kind="image" if i % 3 == 2 else "video", prompt=f"{user} {i}", steps=12
-        )
+        make_job(tiny_registry, user, kind="image" if i % 3 == 2 else "video", prompt=f"{user} {i}", steps=12)
         for i, user in enumerate(users)
     ]
     for job in burst:

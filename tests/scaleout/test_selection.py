@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from bot.executor import InProcessExecutor
+from bot.core.executor import InProcessExecutor
 from bot.services import build_executor
 from bot.settings import Settings
 from generation.models import build_registry
@@ -42,7 +42,7 @@ def test_bot_without_queue_url_never_imports_arq_or_redis(tmp_path: Path) -> Non
 
 
 def test_queue_url_selects_the_arq_executor(tmp_path: Path) -> None:
-    from bot.arq_executor import ArqExecutor
+    from bot.core.arq_executor import ArqExecutor
 
     base = {"results_dir": str(tmp_path), "image_model": "tiny-image", "video_model": "tiny-video"}
     with_url = Settings(_env_file=None, queue_url="redis://127.0.0.1:1/0", **base)  # never contacted

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.arq_executor import ArqExecutor
-from bot.jobs import Job
-from bot.results import ResultWriter, png_metadata
+from bot.core.arq_executor import ArqExecutor
+from bot.core.jobs import Job
+from bot.core.results import ResultWriter, png_metadata
 from generation.arq_worker import WorkerRuntime
 from generation.models import ModelSpec
 from generation.params import request_from_dict

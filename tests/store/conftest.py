@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.store.base import Store
-from bot.store.buffer import BufferedStore
-from bot.store.mongo import MongoStore, make_client
-from bot.store.sqlite import SQLiteStore
-from bot.store.testing import mongomock_client, mongomock_store
+from bot.core.store.base import Store
+from bot.core.store.buffer import BufferedStore
+from bot.core.store.mongo import MongoStore, make_client
+from bot.core.store.sqlite import SQLiteStore
+from bot.core.store.testing import mongomock_client, mongomock_store
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from bot.jobs import JobState
-from bot.store.base import AuditEntry, Store, StoreUnavailable
-from bot.store.buffer import BufferedStore
+from bot.core.jobs import JobState
+from bot.core.store.base import AuditEntry, Store, StoreUnavailable
+from bot.core.store.buffer import BufferedStore
 
 from .conftest import Backend
 from .test_contract import T0, lease, make_job

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bot.jobs import Job, JobState
-from bot.store.base import AuditEntry, GuildSettings, Store, UserRecord, normalise_job, to_store_time
+from bot.core.jobs import Job, JobState
+from bot.core.store.base import AuditEntry, GuildSettings, Store, UserRecord, normalise_job, to_store_time
 
 from .conftest import Backend
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.core.store import create_store, sqlite_path
+from bot.core.store.buffer import BufferedStore
+from bot.core.store.mongo import MongoStore
+from bot.core.store.sqlite import SQLiteStore
 from bot.settings import Settings
-from bot.store import create_store, sqlite_path
-from bot.store.buffer import BufferedStore
-from bot.store.mongo import MongoStore
-from bot.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
 

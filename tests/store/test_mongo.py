@@ -8,13 +8,13 @@ import pytest
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo.errors import ConnectionFailure
 
-from bot.jobs import JobState
-from bot.store import mongo as mongo_module
-from bot.store import mongo_db_name
-from bot.store.base import StoreUnavailable
-from bot.store.buffer import BufferedStore
-from bot.store.mongo import SCHEMA_KEY, MongoStore, parse_write_concern
-from bot.store.testing import mongomock_client, mongomock_store
+from bot.core.jobs import JobState
+from bot.core.store import mongo as mongo_module
+from bot.core.store import mongo_db_name
+from bot.core.store.base import StoreUnavailable
+from bot.core.store.buffer import BufferedStore
+from bot.core.store.mongo import SCHEMA_KEY, MongoStore, parse_write_concern
+from bot.core.store.testing import mongomock_client, mongomock_store
 
 from .test_contract import T0, lease, make_job
 

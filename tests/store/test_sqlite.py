@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import JobState
-from bot.store import sqlite as sqlite_module
-from bot.store.base import StoreUnavailable
-from bot.store.buffer import BufferedStore
-from bot.store.sqlite import Migration, SQLiteStore
+from bot.core.jobs import JobState
+from bot.core.store import sqlite as sqlite_module
+from bot.core.store.base import StoreUnavailable
+from bot.core.store.buffer import BufferedStore
+from bot.core.store.sqlite import Migration, SQLiteStore
 
 from .test_contract import T0, lease, make_job
 
@@ -141,7 +141,7 @@ WORKER = textwrap.dedent(
     """
     import asyncio, json, sys
     from datetime import UTC, datetime, timedelta
-    from bot.store.sqlite import SQLiteStore
+    from bot.core.store.sqlite import SQLiteStore
 
     async def main(path, owner):
         async with SQLiteStore(path=path) as store:
@@ -216,8 +216,8 @@ async def test_claims_are_atomic_across_processes(tmp_path: Path) -> None:
 KILLED_WRITER = textwrap.dedent(
     """
     import asyncio, os, signal, sys
-    from bot.jobs import Job
-    from bot.store.sqlite import SQLiteStore
+    from bot.core.jobs import Job
+    from bot.core.store.sqlite import SQLiteStore
 
     async def main(path):
         store = SQLiteStore(path=path)

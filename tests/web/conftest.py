@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.jobs import Job, JobState, Source, utcnow
+from bot.core.jobs import Job, JobState, Source, utcnow
+from bot.core.store import Store, create_store
 from bot.settings import Settings
-from bot.store import Store, create_store
 from bot.web import create_web_app
 from generation.models import build_registry
 from tests.conftest import make_tiny_settings
@@ -69,8 +69,8 @@ async def store(web_settings: Settings) -> AsyncIterator[Store]:
 @pytest.fixture
 async def real_queue(web_settings: Settings, store: Store, pipeline_manager: Any) -> AsyncIterator[Any]:
     """The real JobQueue with the in-process GPU worker on the session's tiny pipelines, started."""
-    from bot.executor import InProcessExecutor
-    from bot.queue import JobQueue
+    from bot.core.executor import InProcessExecutor
+    from bot.core.queue import JobQueue
 
     queue = JobQueue(
         settings=web_settings,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot.jobs import Source
+from bot.core.jobs import Source
 from generation.media import have_ffprobe, probe
 from tests.web.conftest import auth
 

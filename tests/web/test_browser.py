@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bot.jobs import JobState
+from bot.core.jobs import JobState
 from bot.web import create_web_app, serve
 from generation.media import encode_mp4, have_ffprobe, probe
 from generation.models import build_registry

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bot.jobs import JobState, Source
+from bot.core.jobs import JobState, Source
 from bot.web.links import LinkExpired, LinkInvalid, LinkSigner
 from tests.web.conftest import LINK_SECRET, auth, make_job, make_web_settings, write_test_mp4, write_test_png
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bot.jobs import JobState, Source
+from bot.core.jobs import JobState, Source
 from bot.web.auth import ApiKeys
 from generation.errors import UserError
 from tests.web.conftest import API_KEYS, auth, make_job

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from bot import metrics
+from bot.core import metrics
 
 log = logging.getLogger(__name__)
 

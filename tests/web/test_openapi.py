@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis import GenerationMode
 
-from bot.executor import InProcessExecutor
-from bot.queue import JobQueue
+from bot.core.executor import InProcessExecutor
+from bot.core.queue import JobQueue
+from bot.core.store import create_store
 from bot.settings import Settings
-from bot.store import create_store
 from bot.web import create_web_app, serve
 from bot.web.openapi import build_openapi
 from generation.models import build_registry

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import metrics
-from bot.executor import InProcessExecutor
-from bot.jobs import JobState
-from bot.queue import JobQueue
-from bot.store.base import StoreUnavailable
-from bot.store.buffer import BufferedStore
+from bot.core import metrics
+from bot.core.executor import InProcessExecutor
+from bot.core.jobs import JobState
+from bot.core.queue import JobQueue
+from bot.core.store.base import StoreUnavailable
+from bot.core.store.buffer import BufferedStore
 from tests.web.conftest import auth, make_job
 
 pytestmark = pytest.mark.timeout(90)

@@ -1,7 +1,7 @@
 """The storage contract: records and the abstract `Store` every driver implements.
 
 One interface, two real drivers (SQLite via aiosqlite, MongoDB via motor), and one contract test
-suite run against both (tests/store/). Jobs are `bot.jobs.Job`: the same record is the queue entry
+suite run against both (tests/store/). Jobs are `bot.core.jobs.Job`: the same record is the queue entry
 and the per-user request log line, so there is nothing to keep in sync between the two.
 
 Conventions every driver follows, so callers never care which one is configured:
@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from bot.jobs import Job, JobState
+from bot.core.jobs import Job, JobState
 from generation.errors import UserError
 
 log = logging.getLogger(__name__)

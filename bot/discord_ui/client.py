@@ -16,29 +16,34 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import metrics
-from bot.actions import Actions
-from bot.delivery import DiscordDelivery
-from bot.error_replies import reply_for
-from bot.jobs import Job
-from bot.moderation import Moderator
-from bot.payloads import payload_problem
-from bot.queue import JobQueue
+from bot.core import metrics
+from bot.core.jobs import Job
+from bot.core.moderation import Moderator
+from bot.core.queue import JobQueue
+from bot.core.store.base import AuditEntry, Store
+from bot.discord_ui.actions import Actions
+from bot.discord_ui.delivery import DiscordDelivery
+from bot.discord_ui.error_replies import reply_for
+from bot.discord_ui.payloads import payload_problem
+from bot.discord_ui.views import DYNAMIC_ITEMS
 from bot.settings import Settings
-from bot.store.base import AuditEntry, Store
-from bot.views import DYNAMIC_ITEMS
 from generation.models import ModelSpec
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.generate", "bot.cogs.queue", "bot.cogs.member", "bot.cogs.admin")
+COGS = (
+    "bot.discord_ui.cogs.generate",
+    "bot.discord_ui.cogs.queue",
+    "bot.discord_ui.cogs.member",
+    "bot.discord_ui.cogs.admin",
+)
 NONE = discord.AllowedMentions.none()
 MAX_MESSAGE_CHARS = 2000
 
 
 class ImagineTree(app_commands.CommandTree["ImagineBot"]):
     async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
-        """Refuse, politely, a command payload Discord's client would never send (see bot.payloads)."""
+        """Refuse, politely, a command payload Discord's client would never send (see .payloads)."""
         kind = interaction.type
         if kind not in (discord.InteractionType.application_command, discord.InteractionType.autocomplete):
             return True

@@ -17,7 +17,7 @@ from discord.ext import commands
 from generation.params import ASPECTS, aspect_size
 
 if TYPE_CHECKING:
-    from bot.client import ImagineBot
+    from bot.discord_ui.client import ImagineBot
 
 log = logging.getLogger(__name__)
 

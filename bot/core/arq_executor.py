@@ -1,6 +1,6 @@
 """The distributed executor: arq workers on Redis behind the scheduler's executor seam.
 
-With ``QUEUE_URL=redis://…`` the bot's :class:`bot.queue.JobQueue` keeps deciding who goes next
+With ``QUEUE_URL=redis://…`` the bot's :class:`bot.core.queue.JobQueue` keeps deciding who goes next
 (fairness, quotas, positions, ETA, attempts, all in the store) and this executor only carries the
 chosen job to a worker. arq's own queue stays shallow: :meth:`ArqExecutor.free_slots` is the
 number of live workers minus the jobs already waiting for or running on a GPU, so a job enters
@@ -58,9 +58,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from bot.executor import ExecutionSink, Outcome, PreviewFn, WorkerInfo, call_sink, count_oom_retries
-from bot.jobs import Job, JobState
-from bot.results import JobResult, ResultWriter, png_metadata
+from bot.core.executor import ExecutionSink, Outcome, PreviewFn, WorkerInfo, call_sink, count_oom_retries
+from bot.core.jobs import Job, JobState
+from bot.core.results import JobResult, ResultWriter, png_metadata
 from generation.scaleout import (
     JOB_FUNCTION,
     JobPayload,
@@ -285,9 +285,7 @@ class ArqExecutor:
     async def _send_cancel(self, h: _Handed) -> None:
         try:
             if not h.in_redis or (h.phase == "enqueued" and await self._withdraw(h.arq_id)):
-                await self._finish(
-                    h, Outcome(state=JobState.CANCELLED, error="Cancelled before it started.")
-                )
+                await self._finish(h, Outcome(state=JobState.CANCELLED, error="Cancelled before it started."))
                 return
             job = ArqJob(h.arq_id, self._redis(), _queue_name=self.keys.queue)
             with contextlib.suppress(TimeoutError):
@@ -719,7 +717,7 @@ class ArqExecutor:
                 data = await redis.hget(self.keys.run(h.arq_id), "preview")
                 h.pseq = pseq
                 if data:
-                    preview = (lambda png=bytes(data): png)  # noqa: E731
+                    preview = lambda png=bytes(data): png  # noqa: E731
             if step != h.step or preview is not None:
                 h.step = step
                 call_sink(self._sink, "job_progress", h.job.id, step, total, preview)
@@ -775,7 +773,7 @@ class ArqExecutor:
 
     def _register_metrics(self) -> None:
         try:
-            from bot import metrics
+            from bot.core import metrics
 
             collector = _WorkerCollector(self)
             metrics.REGISTRY.register(collector)
@@ -787,7 +785,7 @@ class ArqExecutor:
     def _unregister_metrics(self) -> None:
         if self._collector is None:
             return
-        from bot import metrics
+        from bot.core import metrics
 
         with contextlib.suppress(KeyError):
             metrics.REGISTRY.unregister(self._collector)

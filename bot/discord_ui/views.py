@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
-from bot.error_replies import reply_for
-from bot.formatting import short_id
+from bot.discord_ui.error_replies import reply_for
+from bot.discord_ui.formatting import short_id
 
 if TYPE_CHECKING:
-    from bot.client import ImagineBot
+    from bot.discord_ui.client import ImagineBot
 
 log = logging.getLogger(__name__)
 

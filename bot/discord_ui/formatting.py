@@ -12,7 +12,7 @@ from typing import Any
 
 import discord
 
-from bot.jobs import Job, JobState
+from bot.core.jobs import Job, JobState
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
-from bot.jobs import Job, JobState
-from bot.store.base import (
+from bot.core.jobs import Job, JobState
+from bot.core.store.base import (
     FINAL_STATES,
     JOB_DATETIME_FIELDS,
     AuditEntry,

@@ -17,7 +17,7 @@ O(members) with no materialised list, which is what keeps position and ETA cheap
 thousand jobs waiting. "Last served" lives in memory: after a restart the rotation starts again
 from each member's oldest waiting job, which is still fair.
 
-This module is pure bookkeeping (no I/O, no clock of its own); :mod:`bot.queue` drives it.
+This module is pure bookkeeping (no I/O, no clock of its own); :mod:`bot.core.queue` drives it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from bot.jobs import Job
+from bot.core.jobs import Job
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.formatting import duration, progress_bar, safe_text, short_id
-from bot.jobs import JobState
+from bot.core.jobs import JobState
+from bot.discord_ui.formatting import duration, progress_bar, safe_text, short_id
 from generation.errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from bot.client import ImagineBot
+    from bot.discord_ui.client import ImagineBot
 
 log = logging.getLogger(__name__)
 

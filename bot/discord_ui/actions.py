@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.formatting import queued_status, short_id
-from bot.jobs import Job, Source
-from bot.moderation import RequestContext
-from bot.queue import NotAllowed
-from bot.views import NOT_YOURS, status_view
+from bot.core.jobs import Job, Source
+from bot.core.moderation import RequestContext
+from bot.core.queue import NotAllowed
+from bot.discord_ui.formatting import queued_status, short_id
+from bot.discord_ui.views import NOT_YOURS, status_view
 from generation.errors import InvalidRequest
 from generation.models import default_model_id, get_spec
 from generation.params import random_seed, validate_request
 
 if TYPE_CHECKING:
-    from bot.client import ImagineBot
+    from bot.discord_ui.client import ImagineBot
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import logging
 import discord
 from discord import app_commands
 
-from bot.formatting import incident_id
+from bot.discord_ui.formatting import incident_id
 from generation.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.jobs import Job, JobState
-from bot.store.base import (
+from bot.core.jobs import Job, JobState
+from bot.core.store.base import (
     AuditEntry,
     GuildSettings,
     ModelStats,

@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot import metrics
-from bot.formatting import final_status, progress_status, result_embed
-from bot.jobs import Job, JobState
-from bot.views import result_view
+from bot.core import metrics
+from bot.core.jobs import Job, JobState
+from bot.discord_ui.formatting import final_status, progress_status, result_embed
+from bot.discord_ui.views import result_view
 from generation import media
 
 if TYPE_CHECKING:
-    from bot.client import ImagineBot
-    from bot.results import JobResult
+    from bot.core.results import JobResult
+    from bot.discord_ui.client import ImagineBot
 
 log = logging.getLogger(__name__)
 

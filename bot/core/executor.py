@@ -1,6 +1,6 @@
 """The seam between the scheduler and whatever runs jobs: one Protocol, and the in-process default.
 
-The scheduler (:mod:`bot.queue`) decides *which* job runs next and owns every record in the
+The scheduler (:mod:`bot.core.queue`) decides *which* job runs next and owns every record in the
 store; an :class:`Executor` only *runs* what it is handed and reports back. The shape follows
 arq's worker: the scheduler claims a job (a lease in the store), calls
 :meth:`Executor.execute` when :meth:`Executor.free_slots` says there is room, and hears
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from bot.jobs import Job, JobState, utcnow
-from bot.results import JobResult, ResultWriter, preview_png
+from bot.core.jobs import Job, JobState, utcnow
+from bot.core.results import JobResult, ResultWriter, preview_png
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -424,7 +424,7 @@ def call_sink(sink: ExecutionSink | None, method: str, *args: Any, **kwargs: Any
 def count_oom_retries(model: str, n: int) -> None:
     """Count a job's out-of-memory retries in /metrics (best effort: metrics may be absent)."""
     try:
-        from bot import metrics
+        from bot.core import metrics
 
         metrics.OOM_RETRIES.labels(model=model).inc(n)
     except Exception:

@@ -1,7 +1,7 @@
 """The job queue: what the bot, the REST API and the admin commands call.
 
-:class:`JobQueue` keeps the fair order (:mod:`bot.scheduler`) in memory and every state change
-in the store, hands the next fair job to an executor (:mod:`bot.executor`) whenever it has room,
+:class:`JobQueue` keeps the fair order (:mod:`bot.core.scheduler`) in memory and every state change
+in the store, hands the next fair job to an executor (:mod:`bot.core.executor`) whenever it has room,
 and tells listeners what happens (:class:`JobListener`). The store is the queue's memory, so a
 restart resumes exactly where the last process stopped:
 
@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
-from bot.costs import CostModel
-from bot.executor import Executor, Outcome, PreviewFn, WorkerInfo
-from bot.jobs import Job, JobState, Source, utcnow
-from bot.results import JobResult, ResultWriter
-from bot.scheduler import FairOrder
+from bot.core.costs import CostModel
+from bot.core.executor import Executor, Outcome, PreviewFn, WorkerInfo
+from bot.core.jobs import Job, JobState, Source, utcnow
+from bot.core.results import JobResult, ResultWriter
+from bot.core.scheduler import FairOrder
+from bot.core.store.base import Store, StoreUnavailable, to_store_time
 from bot.settings import Settings
-from bot.store.base import Store, StoreUnavailable, to_store_time
 from generation.errors import UserError
 
 log = logging.getLogger(__name__)

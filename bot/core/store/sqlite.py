@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from bot.jobs import Job, JobState
-from bot.store.base import (
+from bot.core.jobs import Job, JobState
+from bot.core.store.base import (
     FINAL_STATES,
     AuditEntry,
     GuildSettings,

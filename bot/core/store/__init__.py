@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from bot.store.base import (
+from bot.core.store.base import (
     AuditEntry,
     GuildSettings,
     ModelStats,
@@ -70,11 +70,11 @@ def create_store(settings: Settings, *, buffered: bool = False) -> Store:
     url = settings.store_url.strip()
     store: Store
     if url.startswith("sqlite:///"):
-        from bot.store.sqlite import SQLiteStore
+        from bot.core.store.sqlite import SQLiteStore
 
         store = SQLiteStore(path=sqlite_path(url))
     elif url.startswith(("mongodb://", "mongodb+srv://")):
-        from bot.store.mongo import MongoStore, make_client
+        from bot.core.store.mongo import MongoStore, make_client
 
         store = MongoStore(
             client=make_client(url),
@@ -89,7 +89,7 @@ def create_store(settings: Settings, *, buffered: bool = False) -> Store:
             "sqlite:///path/to/bot.db, mongodb://host/db or mongodb+srv://cluster/db"
         )
     if buffered:
-        from bot.store.buffer import BufferedStore
+        from bot.core.store.buffer import BufferedStore
 
         store = BufferedStore(store, max_items=settings.log_buffer_max)
     return store

@@ -16,13 +16,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.formatting import EMBED_COLOUR, safe_text
-from bot.jobs import utcnow
-from bot.moderation import validate_pattern
+from bot.core.jobs import utcnow
+from bot.core.moderation import validate_pattern
+from bot.discord_ui.formatting import EMBED_COLOUR, safe_text
 from generation.errors import InvalidRequest, UserError
 
 if TYPE_CHECKING:
-    from bot.client import ImagineBot
+    from bot.discord_ui.client import ImagineBot
 
 log = logging.getLogger(__name__)
 

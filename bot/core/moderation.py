@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from bot.store.base import GuildSettings, Store
+from bot.core.store.base import GuildSettings, Store
 from generation.errors import InvalidRequest, UserError
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.jobs import Job
+from bot.core.jobs import Job
 
 log = logging.getLogger(__name__)
 

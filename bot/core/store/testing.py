@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
-from bot.store.mongo import MongoStore
+from bot.core.store.mongo import MongoStore
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.formatting import EMBED_COLOUR, duration, safe_text, short_id
-from bot.jobs import Job
+from bot.core.jobs import Job
+from bot.discord_ui.formatting import EMBED_COLOUR, duration, safe_text, short_id
 
 if TYPE_CHECKING:
-    from bot.client import ImagineBot
+    from bot.discord_ui.client import ImagineBot
 
 log = logging.getLogger(__name__)
 
