@@ -43,6 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from generation import media
 from generation.models import build_registry
 from generation.params import request_from_dict
+from generation.phases import JobPhase
 from generation.pipelines import GenerationOutput, PipelineManager, StepInfo
 from generation.scaleout import (
     EVENTS_MAXLEN,
@@ -113,8 +114,8 @@ class WorkerRuntime:
         self.gpu_name = "?"
         self.jobs_done = 0
         self.started_at = time.time()
-        #: arq job id -> phase ("gpu" or "encoding"), for as long as arq holds the job here
-        self.jobs: dict[str, str] = {}
+        #: arq job id -> phase (RUNNING on the GPU, then ENCODING), for as long as arq holds the job here
+        self.jobs: dict[str, JobPhase] = {}
         #: arq job id -> the bot's job id
         self.job_ids: dict[str, str] = {}
         #: arq job ids started for the GPU and not yet done with it (the gate)
@@ -227,7 +228,7 @@ class WorkerRuntime:
             self.release(arq_id)
             log.error("job %s: payload cannot be read: %s", arq_id, exc)
             return JobReport(status="failed", worker_id=self.worker_id, error=DAMAGED).to_dict()
-        self.jobs[arq_id] = "gpu"
+        self.jobs[arq_id] = JobPhase.RUNNING
         self.job_ids[arq_id] = payload.job_id
         await self._safe(self.beat())  # the bot sees at once who holds the job
         done: asyncio.Future[WorkOutcome] = self._loop.create_future()
@@ -242,7 +243,7 @@ class WorkerRuntime:
             return JobReport(status="failed", worker_id=self.worker_id, error=error).to_dict()
         outcome = await self._wait_gpu(arq_id, done)
         self.release(arq_id)
-        self.jobs[arq_id] = "encoding"
+        self.jobs[arq_id] = JobPhase.ENCODING
         await self._safe(self._event("gpu_done", job=arq_id))
         self._spawn(self.beat())
         report = JobReport(

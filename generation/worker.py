@@ -43,6 +43,7 @@ import torch
 
 from generation.errors import GenerationCancelled, UserError
 from generation.params import GenerationRequest
+from generation.phases import JobPhase
 from generation.pipelines import GenerationOutput, PipelineManager, StepInfo
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class _Run:
     timeout_s: float
     started: float
     last_activity: float
-    phase: Literal["load", "run"] = "load"
+    phase: JobPhase = JobPhase.LOADING
     cancel_reason: Literal["cancelled", "timeout"] | None = None
     step: int = 0
     total: int = 0
@@ -381,7 +382,7 @@ class GPUWorker:
                 self.load_errors = {m: r for m, r in self.load_errors.items() if m != request.model}
             outcome.load_s = time.monotonic() - t0
             outcome.memory_modes.append(manager.memory_mode(request.model))
-            run.phase = "run"
+            run.phase = JobPhase.RUNNING
             while True:
                 t = time.monotonic()
                 run.last_activity = run.gen_started = t
@@ -444,10 +445,11 @@ class GPUWorker:
                 )
                 run.cancel_reason = "timeout"
             # loading may legitimately take long (a first download); steps may not
-            limit = self.step_watchdog_s if run.phase == "run" else max(run.timeout_s, self.step_watchdog_s)
+            stepping = run.phase == JobPhase.RUNNING
+            limit = self.step_watchdog_s if stepping else max(run.timeout_s, self.step_watchdog_s)
             if now - run.last_activity > limit:
                 self._abandon(run, now)
-            elif run.phase == "run" and now - run.started > run.timeout_s + self._timeout_grace(run):
+            elif stepping and now - run.started > run.timeout_s + self._timeout_grace(run):
                 # past the time limit and the step in flight never came back to see the flag
                 self._abandon(run, now, past_limit=True)
 
@@ -462,7 +464,7 @@ class GPUWorker:
             run.owner.abandoned = True
             self._run = None
             self.restarts += 1
-        what = "a generation step" if run.phase == "run" else "loading the model"
+        what = "a generation step" if run.phase == JobPhase.RUNNING else "loading the model"
         log.error(
             "job %s: %s did not return within %.0fs%s; abandoning worker thread %d and starting a fresh one",
             run.item.job_id,

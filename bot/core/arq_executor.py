@@ -61,6 +61,7 @@ from redis.exceptions import WatchError
 from bot.core.executor import ExecutionSink, Outcome, PreviewFn, WorkerInfo, call_sink, count_oom_retries
 from bot.core.jobs import Job, JobState
 from bot.core.results import JobResult, ResultWriter, png_metadata
+from generation.phases import JobPhase
 from generation.scaleout import (
     JOB_FUNCTION,
     JobPayload,
@@ -98,8 +99,8 @@ class _Handed:
     job: Job
     arq_id: str
     payload: dict[str, Any]
-    #: enqueued (waiting for a GPU) | running (on a GPU) | finishing (encoding, transfer)
-    phase: str = "enqueued"
+    #: ENQUEUED (waiting for a GPU) | RUNNING (on a GPU) | FINISHING (encoding, transfer)
+    phase: JobPhase = JobPhase.ENQUEUED
     in_redis: bool = False
     worker: str | None = None
     started_reported: bool = False
@@ -186,7 +187,7 @@ class ArqExecutor:
         lost: list[str] = []
         # jobs no GPU has started go back to the scheduler's queue without losing a try
         for h in list(self._handed.values()):
-            if h.phase == "enqueued" and not h.collecting:
+            if h.phase == JobPhase.ENQUEUED and not h.collecting:
                 with contextlib.suppress(*REDIS_DOWN):
                     if h.in_redis and not await self._withdraw(h.arq_id):
                         continue
@@ -215,7 +216,7 @@ class ArqExecutor:
     def free_slots(self) -> int:
         if self._stopping or self.redis is None:
             return 0
-        busy = sum(1 for h in self._handed.values() if h.phase in ("enqueued", "running"))
+        busy = sum(1 for h in self._handed.values() if h.phase in (JobPhase.ENQUEUED, JobPhase.RUNNING))
         return max(0, len(self._workers) - busy)
 
     async def execute(self, job: Job) -> None:
@@ -250,7 +251,7 @@ class ArqExecutor:
 
     async def cancel(self, job_id: str) -> bool:
         h = self._handed.get(job_id)
-        if h is None or h.phase == "finishing" or h.collecting:
+        if h is None or h.phase == JobPhase.FINISHING or h.collecting:
             return False
         h.cancel = True
         await self._send_cancel(h)
@@ -284,7 +285,7 @@ class ArqExecutor:
 
     async def _send_cancel(self, h: _Handed) -> None:
         try:
-            if not h.in_redis or (h.phase == "enqueued" and await self._withdraw(h.arq_id)):
+            if not h.in_redis or (h.phase == JobPhase.ENQUEUED and await self._withdraw(h.arq_id)):
                 await self._finish(h, Outcome(state=JobState.CANCELLED, error="Cancelled before it started."))
                 return
             job = ArqJob(h.arq_id, self._redis(), _queue_name=self.keys.queue)
@@ -346,7 +347,7 @@ class ArqExecutor:
 
     async def _abort_all(self) -> None:
         for h in list(self._handed.values()):
-            if h.phase != "finishing" and not h.collecting and not h.cancel_sent:
+            if h.phase != JobPhase.FINISHING and not h.collecting and not h.cancel_sent:
                 await self._send_cancel(h)
 
     async def _wait_empty(self, timeout_s: float) -> bool:
@@ -407,17 +408,17 @@ class ArqExecutor:
     def _mark_running(self, h: _Handed, worker: str | None) -> None:
         if worker:
             h.worker = worker
-        if h.phase == "enqueued":
-            h.phase = "running"
+        if h.phase == JobPhase.ENQUEUED:
+            h.phase = JobPhase.RUNNING
         if not h.started_reported:
             h.started_reported = True
             call_sink(self._sink, "job_started", h.job.id, worker_id=h.worker or "?")
 
     def _mark_finishing(self, h: _Handed, worker: str | None) -> None:
-        if h.phase == "finishing":
+        if h.phase == JobPhase.FINISHING:
             return
         self._mark_running(h, worker)
-        h.phase = "finishing"
+        h.phase = JobPhase.FINISHING
         call_sink(self._sink, "job_gpu_done", h.job.id)
         call_sink(self._sink, "slot_free")
 
@@ -643,8 +644,8 @@ class ArqExecutor:
         log.warning("job %s: no longer in Redis (a restart?); handing it over again", h.job.id)
         self.reenqueued += 1
         h.bad_since = None
-        if h.phase != "enqueued":
-            h.phase = "enqueued"
+        if h.phase != JobPhase.ENQUEUED:
+            h.phase = JobPhase.ENQUEUED
         await self._enqueue(h)
 
     async def _worker_lost(self, h: _Handed, worker: str) -> None:
@@ -700,7 +701,7 @@ class ArqExecutor:
                 log.exception("reading progress failed")
 
     async def _read_progress(self) -> None:
-        running = [h for h in self._handed.values() if h.phase == "running" and not h.collecting]
+        running = [h for h in self._handed.values() if h.phase == JobPhase.RUNNING and not h.collecting]
         if not running or self.redis is None:
             return
         redis = self._redis()

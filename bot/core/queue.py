@@ -41,6 +41,7 @@ from bot.core.scheduler import FairOrder
 from bot.core.store.base import Store, StoreUnavailable, to_store_time
 from bot.settings import Settings
 from generation.errors import UserError
+from generation.phases import JobPhase
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,9 @@ class RunningEntry:
     elapsed_s: float
     remaining_s: float
     worker_id: str | None
-    #: "starting" (claimed, handed to a worker, waiting for its device), "running", or
-    #: "finishing" (the GPU is done; encoding and delivery remain)
-    phase: str = "running"
+    #: STARTING (claimed, handed to a worker, waiting for its device), RUNNING, or
+    #: FINISHING (the GPU is done; encoding and delivery remain)
+    phase: JobPhase = JobPhase.RUNNING
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,7 @@ class _Active:
 
     job: Job
     cost: float
-    phase: str = "claiming"  # claiming | running | finishing
+    phase: JobPhase = JobPhase.CLAIMING  # CLAIMING | RUNNING | FINISHING
     started_mono: float | None = None
     step: int = 0
     total: int = 0
@@ -489,7 +490,9 @@ class JobQueue:
         used = await self._used_today(job.user_id, day)
         pending = sum(self._estimate(j) for j in self.order.jobs_for_user(job.user_id))
         pending += sum(
-            a.cost for a in self._active.values() if a.job.user_id == job.user_id and a.phase != "finishing"
+            a.cost
+            for a in self._active.values()
+            if a.job.user_id == job.user_id and a.phase != JobPhase.FINISHING
         )
         if used + pending >= limit:
             reset = day + timedelta(days=1) - now
@@ -562,12 +565,12 @@ class JobQueue:
             log.info("job %s cancelled while queued by %s", job_id, by_user_id)
             return done
         if active is not None:
-            if active.phase == "finishing":
+            if active.phase == JobPhase.FINISHING:
                 raise AlreadyFinished("That job has already finished generating; its result is on its way.")
             active.cancel = True
             active.job.cancel_requested = True
             updated = await self.store.update_job(job_id, cancel_requested=True)
-            if active.phase != "claiming":
+            if active.phase != JobPhase.CLAIMING:
                 await self.executor.cancel(job_id)
             log.info("job %s: cancel requested by %s while running", job_id, by_user_id)
             return updated or active.job
@@ -682,12 +685,12 @@ class JobQueue:
         now = time.monotonic()
         active: list[RunningEntry] = []
         for a in self._active.values():
-            if a.phase == "finishing":
-                phase = "finishing"
+            if a.phase == JobPhase.FINISHING:
+                phase = JobPhase.FINISHING
             elif a.started_mono is None:
-                phase = "starting"  # claimed and handed over, waiting for the device
+                phase = JobPhase.STARTING  # claimed and handed over, waiting for the device
             else:
-                phase = "running"
+                phase = JobPhase.RUNNING
             active.append(
                 RunningEntry(
                     job=a.job,
@@ -699,8 +702,8 @@ class JobQueue:
                     phase=phase,
                 )
             )
-        running = sorted((e for e in active if e.phase == "running"), key=lambda e: -e.elapsed_s)
-        ahead0 = sum(e.remaining_s for e in active if e.phase != "finishing")
+        running = sorted((e for e in active if e.phase == JobPhase.RUNNING), key=lambda e: -e.elapsed_s)
+        ahead0 = sum(e.remaining_s for e in active if e.phase != JobPhase.FINISHING)
         slots = max(1, self.executor.capacity)
         queued = [
             QueueEntry(job=job, position=i + 1, eta_s=(ahead0 + ahead) / slots, run_s=cost)
@@ -716,8 +719,8 @@ class JobQueue:
             counts={
                 "queued": len(self.order),
                 "running": len(running),
-                "starting": sum(1 for e in active if e.phase == "starting"),
-                "finishing": sum(1 for e in active if e.phase == "finishing"),
+                "starting": sum(1 for e in active if e.phase == JobPhase.STARTING),
+                "finishing": sum(1 for e in active if e.phase == JobPhase.FINISHING),
                 "users_waiting": self.order.users(),
             },
             workers=self.executor.workers(),
@@ -729,11 +732,11 @@ class JobQueue:
         if ahead is None:
             return None
         now = time.monotonic()
-        running = sum(self._remaining(a, now) for a in self._active.values() if a.phase != "finishing")
+        running = sum(self._remaining(a, now) for a in self._active.values() if a.phase != JobPhase.FINISHING)
         return (running + ahead) / max(1, self.executor.capacity)
 
     def _remaining(self, active: _Active, now: float) -> float:
-        if active.phase == "finishing":
+        if active.phase == JobPhase.FINISHING:
             return 0.0
         if active.started_mono is None:
             return active.cost
@@ -826,7 +829,7 @@ class JobQueue:
                     claimed.id, Outcome(state=JobState.CANCELLED, error="Cancelled before it started.")
                 )
                 continue
-            active.phase = "running"
+            active.phase = JobPhase.RUNNING
             try:
                 await self.executor.execute(claimed)
             except Exception:
@@ -912,7 +915,7 @@ class JobQueue:
         """Optional sink call: the device is done with the job, only encoding/transfer remain."""
         active = self._active.get(job_id)
         if active is not None:
-            active.phase = "finishing"
+            active.phase = JobPhase.FINISHING
 
     def slot_free(self) -> None:
         self._wake.set()
@@ -920,7 +923,7 @@ class JobQueue:
     def job_finished(self, job_id: str, outcome: Outcome) -> None:
         active = self._active.get(job_id)
         if active is not None:
-            active.phase = "finishing"
+            active.phase = JobPhase.FINISHING
         self._spawn(self._finish(job_id, outcome), name=f"finish-{job_id[:8]}")
 
     # -- finishing ---------------------------------------------------------------------------
@@ -1098,7 +1101,7 @@ class JobQueue:
         now = self.clock()
         expires = now + timedelta(seconds=self.settings.lease_s)
         for job_id, active in list(self._active.items()):
-            if active.phase == "claiming":
+            if active.phase == JobPhase.CLAIMING:
                 continue
             if not await self.store.renew_lease(job_id, owner=self.owner_id, lease_expires_at=expires):
                 log.error("job %s: lease lost (another worker took it over?)", job_id)
