@@ -17,6 +17,7 @@ from bot.core.store import sqlite as sqlite_module
 from bot.core.store.base import StoreUnavailable
 from bot.core.store.buffer import BufferedStore
 from bot.core.store.sqlite import Migration, SQLiteStore
+from bot.core.store.sqlite import schema as sqlite_schema
 
 from .test_contract import T0, lease, make_job
 
@@ -73,8 +74,8 @@ async def test_a_later_migration_is_applied_once_and_recorded(
         description="test: a column for a later feature",
         statements=("ALTER TABLE jobs ADD COLUMN rating INTEGER",),
     )
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", (*sqlite_module.MIGRATIONS, v2))
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS, v2))
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 2)
     async with SQLiteStore(path=path) as store:
         assert await store.schema_version() == 2
         assert await store.get_job(job.id) is not None  # data kept

@@ -1,0 +1,48 @@
+"""The Mongo schema: versioned migrations (the version kept in `meta`) and the indexes ensured at
+every open."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+
+log = logging.getLogger(__name__)
+
+SCHEMA_KEY = "store.schema_version"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Any], Awaitable[None]]  # receives the database
+
+
+async def _v1(db: Any) -> None:
+    """Collections are created by the first write; the indexes are ensured at every open."""
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "jobs/request log, users, guild settings, audit, meta", _v1),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+INDEXES: dict[str, list[list[tuple[str, int]]]] = {
+    "jobs": [
+        [("user_id", ASCENDING), ("created_at", DESCENDING), ("seq", DESCENDING)],
+        [("guild_id", ASCENDING), ("created_at", DESCENDING), ("seq", DESCENDING)],
+        [("state", ASCENDING), ("created_at", ASCENDING), ("seq", ASCENDING)],
+        [("state", ASCENDING), ("lease_expires_at", ASCENDING)],
+        [("created_at", ASCENDING)],
+    ],
+    "audit": [
+        [("at", DESCENDING), ("seq", DESCENDING)],
+        [("guild_id", ASCENDING), ("at", DESCENDING)],
+        [("actor_id", ASCENDING), ("at", DESCENDING)],
+        [("target", ASCENDING), ("at", DESCENDING)],
+    ],
+}

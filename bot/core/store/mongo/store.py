@@ -1,0 +1,15 @@
+"""`MongoStore`: the MongoDB store, assembled from one mixin per job."""
+
+from __future__ import annotations
+
+import logging
+
+from bot.core.store.mongo.jobs import MongoJobs
+from bot.core.store.mongo.moderation import MongoModeration
+from bot.core.store.mongo.request_log import MongoRequestLog
+
+log = logging.getLogger(__name__)
+
+
+class MongoStore(MongoJobs, MongoRequestLog, MongoModeration):
+    """Store in a MongoDB database; the client is built by the caller (see `make_client`)."""
