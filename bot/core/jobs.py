@@ -84,6 +84,7 @@ class Job:
     result_bytes: int | None = None
     status_message_id: str | None = None  # the "queued / progress" message we edit
     upload_limit_bytes: int | None = None  # the channel's attachment limit when it was asked
+    bot_permissions: int | None = None  # the bot's permission bits in that channel when it was asked
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -16,6 +16,7 @@ from bot.core.jobs import Job, Source
 from bot.core.moderation import RequestContext
 from bot.core.queue import NotAllowed
 from bot.discord_ui.formatting import queued_status, short_id
+from bot.discord_ui.permissions import check_can_deliver
 from bot.discord_ui.views import NOT_YOURS, status_view
 from generation.errors import InvalidRequest
 from generation.models import default_model_id, get_spec
@@ -81,11 +82,13 @@ class Actions:
             priority=self._priority(interaction),
             max_tries=settings.max_tries,
             upload_limit_bytes=self._upload_limit(interaction),
+            bot_permissions=interaction.app_permissions.value,
         )
 
     # -- submit ----------------------------------------------------------------------------------
     async def submit(self, interaction: discord.Interaction[Any], job: Job) -> Job:
         """Moderate, persist, post the public status message, and tell the member privately."""
+        check_can_deliver(interaction)
         await self.bot.moderator.check(
             self._context(interaction), prompt=job.prompt, negative_prompt=job.negative_prompt
         )

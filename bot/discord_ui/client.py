@@ -25,6 +25,7 @@ from bot.discord_ui.actions import Actions
 from bot.discord_ui.delivery import DiscordDelivery
 from bot.discord_ui.error_replies import reply_for
 from bot.discord_ui.payloads import payload_problem
+from bot.discord_ui.permissions import invite_url
 from bot.discord_ui.views import DYNAMIC_ITEMS
 from bot.settings import Settings
 from generation.models import ModelSpec
@@ -100,6 +101,7 @@ class ImagineBot(commands.Bot):
         self.delivery = DiscordDelivery(bot=self, link_for=link_for)
         self._health = health
         self._started = time.monotonic()
+        self._invite_logged = False
 
     @property
     def uptime_s(self) -> float:
@@ -128,10 +130,18 @@ class ImagineBot(commands.Bot):
             synced = await self.tree.sync()
         log.info("synced %d application commands", len(synced))
 
+    @property
+    def invite_url(self) -> str | None:
+        """The link that adds this bot to a server with exactly the permissions it needs."""
+        return invite_url(self.application_id) if self.application_id else None
+
     async def on_ready(self) -> None:
         log.info(
             "connected as %s (%s) to %d guild(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds)
         )
+        if not self._invite_logged and self.invite_url:
+            self._invite_logged = True  # on_ready runs again after every reconnect
+            log.info("invite the bot to a server with: %s", self.invite_url)
         metrics.DISCORD_LATENCY.set(self.latency if self.latency == self.latency else 0.0)
 
     async def on_socket_event_type(self, event_type: str) -> None:

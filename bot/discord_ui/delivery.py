@@ -36,6 +36,8 @@ NONE = discord.AllowedMentions.none()
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 #: how far back in the channel a result offered again after a restart is looked for
 REDELIVERY_SCAN = 50
+#: Discord's longest string nonce
+NONCE_CHARS = 25
 #: aim this far under the limit, so a file that "just fits" is not refused for rounding
 UPLOAD_MARGIN = 0.99
 
@@ -45,6 +47,24 @@ def _mention_only(user_id: str) -> discord.AllowedMentions:
     return discord.AllowedMentions(
         everyone=False, roles=False, replied_user=False, users=[discord.Object(int(user_id))]
     )
+
+
+def result_nonce(job_id: str) -> str:
+    """The same for every attempt to post one job's result, in any process.
+
+    discord.py sends a nonce with `enforce_nonce`, so Discord answers a repeat from the same bot
+    in the same channel within a few minutes with the message it already created: a result
+    posted just before a crash (or whose answer was lost) is not posted twice.
+    """
+    return "r" + job_id[: NONCE_CHARS - 1]
+
+
+def may_read_history(job: Job) -> bool:
+    """Whether the bot could read the channel's history when the job was asked (Discord said so)."""
+    if job.bot_permissions is None:
+        return False
+    perms = discord.Permissions(job.bot_permissions)
+    return perms.view_channel and perms.read_message_history
 
 
 def _too_large(exc: discord.HTTPException) -> bool:
@@ -121,12 +141,15 @@ class DiscordDelivery:
             return
         self._started.pop(job.id, None)
         self._last_edit.pop(job.id, None)
+        ran_here = job.id in self._ran_here
         self._ran_here.discard(job.id)
         if job.state is JobState.COMPLETE and result is not None:
             if job.result_message_id:
                 return  # already delivered before a restart: never post twice
             try:
-                if job.id not in self._ran_here and await self._adopt_posted(job):
+                # a job that ran in this process was never posted before; one offered again
+                # after a restart may have been, just before a crash
+                if not ran_here and await self._adopt_posted(job):
                     return
                 await self._deliver(job, result)
             except discord.HTTPException:
@@ -138,20 +161,26 @@ class DiscordDelivery:
             self._status.pop(job.id, None)
 
     async def _adopt_posted(self, job: Job) -> bool:
-        """A result offered again after a restart may have been posted just before a crash
-        (between the upload and `mark_delivered`): look for it in the channel before posting."""
+        """Find a result posted just before a crash (between the upload and `mark_delivered`).
+
+        Within a few minutes the result's nonce makes Discord hand back that message instead of
+        posting another; this covers longer outages, where the bot may read the channel's
+        history. Where it may not, the result is posted: a rare duplicate beats a lost result.
+        """
+        if not may_read_history(job):
+            return False
         channel = self.bot.get_partial_messageable(int(job.channel_id or 0))
         me = self.bot.user.id if self.bot.user else None
         footer = f"job {job.id}"
-        async for message in channel.history(limit=REDELIVERY_SCAN):
-            if message.author.id == me and any(
-                (e.footer.text or "").startswith(footer) for e in message.embeds
-            ):
-                log.info(
-                    "job %s: its result was already posted as %s; not posting it again", job.id, message.id
-                )
-                await self.bot.queue.mark_delivered(job.id, str(message.id))
-                return True
+        try:
+            async for message in channel.history(limit=REDELIVERY_SCAN):
+                mine = message.author.id == me
+                if mine and any((e.footer.text or "").startswith(footer) for e in message.embeds):
+                    log.info("job %s: already posted as %s; not posting it again", job.id, message.id)
+                    await self.bot.queue.mark_delivered(job.id, str(message.id))
+                    return True
+        except discord.Forbidden:
+            log.info("job %s: may no longer read channel %s's history; posting", job.id, job.channel_id)
         return False
 
     # -- delivery ----------------------------------------------------------------------------------
@@ -213,6 +242,7 @@ class DiscordDelivery:
             file=file,
             view=result_view(job.id),
             allowed_mentions=_mention_only(job.user_id),
+            nonce=result_nonce(job.id),
         )
 
     async def _post_link(self, channel: Any, job: Job, result: JobResult, *, limit: int) -> Any:
@@ -232,4 +262,5 @@ class DiscordDelivery:
             embed=result_embed(job, attachment_name=None, link=link),
             view=result_view(job.id),
             allowed_mentions=_mention_only(job.user_id),
+            nonce=result_nonce(job.id),
         )

@@ -143,6 +143,10 @@ def make_world() -> tuple[list[FakeGuild], dict[str, FakeMember]]:
             FakeChannel(name="general"),
             FakeChannel(name="studio"),
             FakeChannel(name="after-dark", nsfw=True),
+            # tests set the bot's own permissions in these (FakeDiscord.set_bot_permissions)
+            FakeChannel(name="no-history"),
+            FakeChannel(name="no-files"),
+            FakeChannel(name="read-only"),
         ],
         roles=[mod_role],
         members=list(members.values()),
@@ -152,23 +156,23 @@ def make_world() -> tuple[list[FakeGuild], dict[str, FakeMember]]:
     return [art, small], members
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def running_bot(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_cache: Path
+@contextlib.asynccontextmanager
+async def bot_process(
+    workdir: Path, model_cache: Path, *, env: dict[str, str] | None = None
 ) -> AsyncIterator[BotProcess]:
-    workdir = tmp_path_factory.mktemp("bot")
+    """A fake Discord with the e2e world and `python -m bot` connected to it (`env` overrides settings)."""
     guilds, members = make_world()
     async with FakeDiscord(guilds=guilds, heartbeat_interval_ms=1000) as discord:
         port = free_port()
-        env = bot_env(discord, workdir, tiny_model_cache, port)
-        proc = await start_bot(discord, env, workdir)
+        full_env = {**bot_env(discord, workdir, model_cache, port), **(env or {})}
+        proc = await start_bot(discord, full_env, workdir)
         bot = BotProcess(
             discord=discord,
             proc=proc,
             workdir=workdir,
             log_path=workdir / "bot.log",
             web_url=f"http://127.0.0.1:{port}",
-            env=env,
+            env=full_env,
             members=members,
         )
         try:
@@ -180,4 +184,12 @@ async def running_bot(
             raise
         finally:
             with contextlib.suppress(TimeoutError, ProcessLookupError):
-                await stop_bot(proc)
+                await stop_bot(bot.proc)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def running_bot(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_cache: Path
+) -> AsyncIterator[BotProcess]:
+    async with bot_process(tmp_path_factory.mktemp("bot"), tiny_model_cache) as bot:
+        yield bot

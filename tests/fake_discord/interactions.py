@@ -24,7 +24,6 @@ from .models import (
     FakeMember,
     FakeRole,
     FakeUser,
-    Perm,
     snowflake,
 )
 
@@ -295,7 +294,7 @@ def base_payload(
             guild={"id": str(guild.id), "locale": guild.preferred_locale, "features": []},
             guild_locale=guild.preferred_locale,
             member=member.to_payload(permissions=permissions),
-            app_permissions=str(guild.permissions_of(state.bot_member(guild))),
+            app_permissions=str(state.bot_permissions_in(channel)),
             authorizing_integration_owners={"0": str(guild.id)},
             context=0,
             channel={**channel.to_payload(), "permissions": str(permissions)},
@@ -303,7 +302,7 @@ def base_payload(
     else:
         payload.update(
             user=user.to_payload(),
-            app_permissions=str(int(Perm.SEND_MESSAGES | Perm.EMBED_LINKS | Perm.ATTACH_FILES)),
+            app_permissions=str(state.bot_permissions_in(channel)),
             authorizing_integration_owners={"0": str(user.id)},
             context=1,
             channel=channel.to_payload(),

@@ -9,6 +9,7 @@ never waits pre-emptively; 429s happen only when a test injects them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -36,11 +37,13 @@ from .messages import (
     validate_message_body,
 )
 from .models import MIB, ChannelType, FakeChannel, FakeGuild, Perm, snowflake
-from .state import DEFAULT_ERROR_MESSAGES, RecordedCall, State
+from .state import DEFAULT_ERROR_MESSAGES, FaultRule, RecordedCall, State
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v10"
+#: how long Discord remembers a message nonce sent with `enforce_nonce` ("a few minutes")
+NONCE_WINDOW_S = 300.0
 
 
 class ApiError(Exception):
@@ -180,16 +183,16 @@ class RestApi:
             call.body = incoming.body
             call.files = [(u.filename, len(u.data)) for u in incoming.uploads]
             fault = self.state.fault_for(request.method, path)
-            if fault is not None:
-                call.fault = fault
-                call.status, call.response = fault.status, fault.body()
-                headers = {**ratelimit_headers(bucket), **fault.response_headers()}
-                return json_response(call.response, status=fault.status, headers=headers)
+            if fault is not None and not fault.after_serving:
+                return await self._fault_answer(call, fault, bucket)
             route = self._find_route(incoming)
             bucket = route.bucket
             if route.auth and request.headers.get("Authorization") != f"Bot {self.state.token}":
                 raise ApiError(401, 0, "401: Unauthorized")
             result = await route.handler(incoming)
+            if fault is not None:
+                self.state.notify()  # what it did is visible while its answer is held back
+                return await self._fault_answer(call, fault, bucket)
             if result is NO_CONTENT:
                 call.status = 204
                 return web.Response(status=204, headers=ratelimit_headers(bucket))
@@ -205,6 +208,14 @@ class RestApi:
             return json_response(call.response, status=500)
         finally:
             self.state.notify()
+
+    async def _fault_answer(self, call: RecordedCall, fault: FaultRule, bucket: str) -> web.Response:
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        call.fault = fault
+        call.status, call.response = fault.status, fault.body()
+        headers = {**ratelimit_headers(bucket), **fault.response_headers()}
+        return json_response(call.response, status=fault.status, headers=headers)
 
     def _find_route(self, incoming: Incoming) -> Route:
         allowed = False
@@ -358,13 +369,35 @@ class RestApi:
         await self.gateway.dispatch_guild_event(event, data, guild_id=message.guild_id, intent=intent)
 
     def _check_bot_may_send(self, channel: FakeChannel, files: int) -> None:
-        guild = self.state.guild(channel.guild_id)
-        if guild is None:
-            return
-        have = guild.permissions_of(self.state.bot_member(guild))
-        needed = Perm.VIEW_CHANNEL | Perm.SEND_MESSAGES | (Perm.ATTACH_FILES if files else 0)
+        have = self.state.bot_permissions_in(channel)
+        if not have & Perm.VIEW_CHANNEL:
+            raise ApiError(403, 50001)
+        needed = Perm.SEND_MESSAGES | (Perm.ATTACH_FILES if files else 0)
         if have & needed != needed:
             raise ApiError(403, 50013, "Missing Permissions")
+
+    def _check_bot_may_read_history(self, channel: FakeChannel) -> None:
+        needed = Perm.VIEW_CHANNEL | Perm.READ_MESSAGE_HISTORY
+        if self.state.bot_permissions_in(channel) & needed != needed:
+            raise ApiError(403, 50001)
+
+    def _same_nonce(self, channel: FakeChannel, body: dict) -> FakeMessage | None:
+        """With `enforce_nonce`, Discord answers a repeated nonce (same author, same channel, within a
+        few minutes) with the message it already created instead of creating another."""
+        nonce = body.get("nonce")
+        if nonce is None or not body.get("enforce_nonce"):
+            return None
+        horizon = self.state.now() - NONCE_WINDOW_S
+        for message in self.state.messages.values():
+            if (
+                message.channel_id == channel.id
+                and message.nonce is not None
+                and str(message.nonce) == str(nonce)
+                and not message.deleted
+                and message.created_at >= horizon
+            ):
+                return message
+        return None
 
     # gateway, users, application -----------------------------------------------------------
 
@@ -633,6 +666,9 @@ class RestApi:
         self._check_bot_may_send(channel, len(incoming.uploads))
         self._check_body(body, create=True, files=len(incoming.uploads))
         self._check_uploads(incoming, channel)
+        earlier = self._same_nonce(channel, body)
+        if earlier is not None:
+            return self._message_payload(earlier)
         message = self._create(
             channel,
             body,
@@ -654,6 +690,7 @@ class RestApi:
 
     async def list_messages(self, incoming: Incoming) -> Any:
         channel = self._channel(incoming)
+        self._check_bot_may_read_history(channel)
         limit = max(1, min(100, int(incoming.query.get("limit", 50))))
         visible = [
             m

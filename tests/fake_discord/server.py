@@ -529,11 +529,15 @@ class FakeDiscord:
         times: int | None = 1,
         retry_after: float = 0.05,
         headers: Mapping[str, str] | None = None,
+        after_serving: bool = False,
+        delay_s: float = 0.0,
     ) -> FaultRule:
         """Answer the next `times` calls matching `method` ("*" for any) and regex `path` with an error.
 
         Paths are matched without the /api/v10 prefix, e.g. r"/channels/\\d+/messages$".
         429s carry `retry_after`, `Retry-After` and `Via` like Discord's, so discord.py retries.
+        With `after_serving`, the call is served first and only its answer is replaced (Discord
+        did the work, the bot never heard): after `delay_s`, as when a connection dies mid-answer.
         """
         rule = FaultRule(
             method=method.upper(),
@@ -545,9 +549,17 @@ class FakeDiscord:
             headers=dict(headers or {}),
             retry_after=retry_after,
             times=times,
+            after_serving=after_serving,
+            delay_s=delay_s,
         )
         self.state.faults.append(rule)
         return rule
+
+    def set_bot_permissions(self, channel: ChannelLike, permissions: int, *, guild: GuildLike = None) -> None:
+        """The bot's permissions in one channel, as if its overwrites there gave exactly these: they
+        reach the bot as `app_permissions` and Discord's checks (50013 on sends, 50001 on history)."""
+        target = channel if isinstance(channel, FakeChannel) else self._channel(self._guild(guild), channel)
+        self.state.bot_channel_permissions[target.id] = int(permissions)
 
     def clear_faults(self) -> None:
         self.state.faults.clear()

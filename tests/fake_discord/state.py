@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .messages import FakeAttachment, FakeMessage
-from .models import ChannelType, FakeChannel, FakeGuild, FakeMember, FakeUser, snowflake
+from .models import ChannelType, FakeChannel, FakeGuild, FakeMember, FakeUser, Perm, snowflake
 
 if TYPE_CHECKING:
     from .interactions import FakeInteraction
@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECHECK_S = 0.05
+#: what a bot may do in a DM channel
+DM_PERMISSIONS = (
+    Perm.VIEW_CHANNEL | Perm.SEND_MESSAGES | Perm.EMBED_LINKS | Perm.ATTACH_FILES | Perm.READ_MESSAGE_HISTORY
+)
 
 DEFAULT_ERROR_MESSAGES = {
     10003: "Unknown Channel",
@@ -74,6 +78,8 @@ class FaultRule:
     headers: dict[str, str] = field(default_factory=dict)
     retry_after: float = 0.05
     times: int | None = 1  # None: until cleared
+    after_serving: bool = False  # serve the call, then answer with the error (the answer was lost)
+    delay_s: float = 0.0  # wait this long before answering
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -162,6 +168,8 @@ class State:
     faults: list[FaultRule] = field(default_factory=list)
     internal_errors: list[str] = field(default_factory=list)
     uploads: dict[int, FakeAttachment] = field(default_factory=dict)  # attachments sent as command options
+    #: the bot's own permissions in one channel, where a test set them (else its guild roles')
+    bot_channel_permissions: dict[int, int] = field(default_factory=dict)
     notifier: Notifier = field(default_factory=Notifier)
 
     def notify(self) -> None:
@@ -198,6 +206,16 @@ class State:
         member = guild.member(self.bot_user.id)
         assert member is not None, "the bot is added to every guild on start"
         return member
+
+    def bot_permissions_in(self, channel: FakeChannel) -> int:
+        """What the bot may do in `channel`: the channel's own setting if a test made one, else
+        what its roles give it in the guild (DMs: everything a DM allows)."""
+        if channel.id in self.bot_channel_permissions:
+            return self.bot_channel_permissions[channel.id]
+        guild = self.guild(channel.guild_id)
+        if guild is None:
+            return int(DM_PERMISSIONS)
+        return guild.permissions_of(self.bot_member(guild))
 
     def dm_channel_for(self, user: FakeUser) -> FakeChannel:
         for channel in self.dm_channels.values():

@@ -26,6 +26,7 @@ from tests.bot.test_e2e import (
     result_message,
     status_message,
 )
+from tests.fake_discord import BOT_PERMISSIONS, Perm
 from tests.reliability.conftest import Deployment, deployment, results_for
 
 log = logging.getLogger(__name__)
@@ -177,3 +178,33 @@ async def test_sigterm_lets_the_running_job_finish_closes_the_store_and_exits_wi
         )
         assert "**Queue:**" in reply.content and not QUEUED.search(reply.content)
     log.info("SIGTERM: exited with %d after %.1f s (running job: %s)", rc, took, running.state.value)
+
+
+async def test_a_result_posted_just_before_a_crash_is_not_posted_again_where_history_is_closed(
+    workdir: Path, tiny_model_cache: Path
+) -> None:
+    """The upload reached Discord, its answer never reached the bot, and the bot died: on restart the
+    result is offered again, and its nonce makes Discord hand back the first message, although the
+    bot may not read that channel's history to look for it."""
+    async with deployment(workdir, tiny_model_cache, module="tests.reliability.faulty_bot") as bot:
+        channel = bot.art.channel("no-history")
+        bot.discord.set_bot_permissions(channel, BOT_PERMISSIONS & ~Perm.READ_MESSAGE_HISTORY)
+        short = await queue_job(
+            bot, "imagine", {"prompt": "a last picture [slow:1]", **TINY}, user="dave", channel="no-history"
+        )
+        # the status message is out; the next post there is the result: serve it, hold its answer
+        bot.discord.fail_next(
+            "POST", rf"/channels/{channel.id}/messages$", 500, after_serving=True, delay_s=120
+        )
+        posted = await result_message(bot, short, timeout=60)
+        await bot.kill()
+
+        await bot.start()
+        await bot.discord.wait_until(
+            lambda: status_message(bot, short).deleted, timeout=60, what="delivery after the restart"
+        )
+        assert results_for(bot.discord, short) == [posted]
+        assert bot.discord.calls_to("GET", rf"/channels/{channel.id}/messages$") == []
+        await bot.terminate()
+    (job,) = [j for j in (await bot.read_jobs()).values() if j.id.startswith(short)]
+    assert job.result_message_id == str(posted.id)

@@ -11,6 +11,7 @@ from discord.ext import commands
 
 from bot.core.jobs import Job
 from bot.discord_ui.formatting import EMBED_COLOUR, duration, safe_text, short_id
+from bot.discord_ui.permissions import REQUIRED
 
 if TYPE_CHECKING:
     from bot.discord_ui.client import ImagineBot
@@ -128,6 +129,12 @@ class Member(commands.Cog):
             f"You can have {s.max_queued_per_user} jobs waiting at once. The same seed and settings give the "
             "same result; **Reroll** tries a new seed."
         )
+        if self.bot.invite_url:
+            text += (
+                f"\nAdd me to another server: <{self.bot.invite_url}> (I need "
+                + ", ".join(n.name for n in REQUIRED)
+                + " in the channels I'm used in)."
+            )
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NONE)
 
 
