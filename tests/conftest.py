@@ -24,6 +24,9 @@ from generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 
+# the real-MongoDB leg: counts what ran on MONGODB_TEST_URI, marks the test server's known deviations
+pytest_plugins = ["tests.real_mongodb"]
+
 # The twins are far too small to gain from intra-op threads, and on a shared 2-core machine
 # OpenMP's spinning workers triple the CPU time the suite takes (measured: 9 s vs 30 s).
 torch.set_num_threads(1)

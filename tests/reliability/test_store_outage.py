@@ -252,6 +252,7 @@ async def test_mongo_outage_under_load_via_mongomock_fault_injector(
     assert outage.refused > 0
 
 
+@pytest.mark.real_mongodb
 @pytest.mark.skipif(not MONGODB_TEST_URI, reason="MONGODB_TEST_URI is not set: no real MongoDB to cut off")
 async def test_real_mongodb_cut_off_by_the_network_under_load(
     tmp_path: Path,
@@ -262,11 +263,11 @@ async def test_real_mongodb_cut_off_by_the_network_under_load(
     target = urlsplit(MONGODB_TEST_URI)
     proxy = await TcpCut((target.hostname or "127.0.0.1", target.port or 27017)).start()
     db_name = f"imaginebot_outage_{os.getpid()}"
-    client = make_client(
+    url = (
         f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true&serverSelectionTimeoutMS=1500"
         "&connectTimeoutMS=1000&socketTimeoutMS=3000"
     )
-    store = MongoStore(client=client, db_name=db_name, write_concern=1)
+    store = MongoStore(client_factory=lambda: make_client(url), db_name=db_name, write_concern=1)
     try:
         await outage_story(
             store,

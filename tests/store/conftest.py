@@ -18,6 +18,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,7 +45,13 @@ class Backend:
         self.tmp_path = tmp_path
         self.db_name = f"imaginebot_test_{uuid.uuid4().hex[:12]}"
         self._stores: list[Store] = []
-        self._mock_client = mongomock_client() if kind == "mongomock" else None
+        # every Mongo store of one backend shares the backend's client, as the bot's stores share
+        # the one they are handed; the store never closes it, the backend does at the end
+        self._client: Any = None
+        if kind == "mongomock":
+            self._client = mongomock_client()
+        elif kind == "mongodb":
+            self._client = make_client(MONGODB_TEST_URI)
 
     def make(self) -> Store:
         """An unopened store on this backend's database."""
@@ -54,11 +61,9 @@ class Backend:
         elif self.kind == "sqlite-buffered":
             store = BufferedStore(SQLiteStore(path=self.tmp_path / "data" / "bot.db"), max_items=100)
         elif self.kind == "mongomock":
-            store = mongomock_store(client=self._mock_client, db_name=self.db_name)
+            store = mongomock_store(client=self._client, db_name=self.db_name)
         else:
-            store = MongoStore(
-                client=make_client(MONGODB_TEST_URI), db_name=self.db_name, write_concern="majority"
-            )
+            store = MongoStore(client=self._client, db_name=self.db_name, write_concern="majority")
         self._stores.append(store)
         return store
 
@@ -69,14 +74,13 @@ class Backend:
 
     async def aclose(self) -> None:
         for store in reversed(self._stores):
-            if self.kind != "mongomock":  # mongomock stores share one client; nothing to release
-                await store.close()
-        if self.kind == "mongodb" and self._stores:
-            client = make_client(MONGODB_TEST_URI)
+            await store.close()
+        if self.kind == "mongodb":
             try:
-                await client.drop_database(self.db_name)
+                if self._stores:
+                    await self._client.drop_database(self.db_name)
             finally:
-                client.close()
+                self._client.close()
 
 
 @pytest.fixture(params=["sqlite", "sqlite-buffered", "mongomock", "mongodb"])

@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 
 from bot.core.jobs import Job, JobState
-from bot.core.store.base import AuditEntry, GuildSettings, Store, UserRecord, normalise_job, to_store_time
+from bot.core.store.base import (
+    AuditEntry,
+    GuildSettings,
+    Store,
+    Usage,
+    UserRecord,
+    UserUsage,
+    normalise_job,
+    to_store_time,
+)
 
 from .conftest import Backend
 
@@ -314,7 +323,7 @@ async def test_user_usage_counts_requests_and_gpu_seconds_since_a_time(store: St
     day = datetime(2026, 3, 2, tzinfo=UTC)
     plan = [  # (created, gpu seconds, final state)
         (day - timedelta(minutes=1), 50.0, JobState.COMPLETE),  # yesterday: not counted
-        (day, 10.0, JobState.COMPLETE),  # exactly at the boundary: counted
+        (day + timedelta(seconds=1), 10.0, JobState.COMPLETE),  # the boundary itself: tested below
         (day + timedelta(hours=3), 5.5, JobState.FAILED),
         (day + timedelta(hours=5), None, JobState.CANCELLED),
         (day + timedelta(hours=6), None, None),  # still queued: counted, no GPU time
@@ -333,6 +342,46 @@ async def test_user_usage_counts_requests_and_gpu_seconds_since_a_time(store: St
     assert all_time.jobs == 5 and all_time.gpu_seconds == pytest.approx(65.5)
     nothing = await store.user_usage("nobody", since=day)
     assert nothing.jobs == 0 and nothing.gpu_seconds == 0.0
+
+
+#: SecantusDB (the wire-protocol server CI runs, tests/real_mongodb.py) differs from mongod here
+DESCENDING_INDEX_GTE = pytest.mark.mongo_deviation(
+    server="secantus",
+    reason=(
+        "SecantusDB 0.7.0b3 drops the document equal to a $gte bound on a field that is descending "
+        "in a compound index after an equality prefix. Repro: create_index([('a', 1), ('b', -1), "
+        "('c', 1)]); insert_one({'a': 1, 'b': 5}); count_documents({'a': 1, 'b': {'$gte': 5}}) "
+        "-> 0 (mongod: 1)"
+    ),
+)
+
+
+async def boundary_jobs(store: Store, since: datetime) -> None:
+    """One request exactly at `since` (counted by every `since` query), one a millisecond before."""
+    for created, gpu in ((since, 10.0), (since - timedelta(milliseconds=1), 50.0)):
+        job = make_job(user_id="u", guild_id="g", created_at=created)
+        await store.insert_job(job)
+        await store.finish_job(job.id, owner=None, state=JobState.COMPLETE, gpu_seconds=gpu)
+
+
+@DESCENDING_INDEX_GTE
+async def test_user_usage_counts_a_request_made_exactly_at_since(store: Store) -> None:
+    await boundary_jobs(store, T0)
+    assert await store.user_usage("u", since=T0) == Usage(jobs=1, gpu_seconds=10.0)
+
+
+async def test_top_users_and_model_stats_count_a_request_made_exactly_at_since(store: Store) -> None:
+    await boundary_jobs(store, T0)
+    assert await store.top_users(since=T0) == [UserUsage(user_id="u", jobs=1, gpu_seconds=10.0)]
+    (stats,) = await store.model_stats(since=T0)
+    assert (stats.jobs, stats.gpu_seconds_total) == (1, 10.0)
+
+
+@DESCENDING_INDEX_GTE
+async def test_top_users_in_a_guild_count_a_request_made_exactly_at_since(store: Store) -> None:
+    await boundary_jobs(store, T0)
+    top = await store.top_users(since=T0, guild_id="g")
+    assert top == [UserUsage(user_id="u", jobs=1, gpu_seconds=10.0)]
 
 
 async def test_model_stats_per_model_and_kind(store: Store) -> None:
@@ -512,6 +561,27 @@ async def test_schema_version_is_recorded_and_reopening_is_harmless(store_backen
     second = await store_backend.new_store()  # runs the migrations check again on the same database
     assert await second.schema_version() == version
     assert await second.get_job(job.id) is not None
+
+
+async def test_a_closed_store_opens_again_and_leaves_a_shared_connection_usable(
+    store_backend: Backend,
+) -> None:
+    """The bot closes its store at shutdown and tests reopen theirs: neither may break a client
+    (or file) the store shares with others. On a real server a closed MongoClient refuses any
+    further use, and the mongomock stand-in refuses the same way."""
+    first = store_backend.make()
+    await first.open()
+    job = make_job()
+    await first.insert_job(job)
+    await first.close()
+    await first.open()
+    assert await first.get_job(job.id) == normalise_job(job)
+    await first.update_job(job.id, prompt="after the reopen")
+    await first.close()
+    other = await store_backend.new_store()  # a store on the same connection, opened afterwards
+    got = await other.get_job(job.id)
+    assert got is not None and got.prompt == "after the reopen"
+    assert await other.ping()
 
 
 # --------------------------------------------------------------------------- privacy

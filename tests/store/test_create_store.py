@@ -43,6 +43,7 @@ async def test_a_sqlite_url_opens_a_working_store(tmp_path: Path) -> None:
 def test_mongodb_urls_build_a_mongo_store_with_the_configured_database_and_write_concern() -> None:
     store = create_store(settings(store_url="mongodb://127.0.0.1:1/from_url", mongodb_write_concern="1"))
     assert isinstance(store, MongoStore) and store.db_name == "from_url"
+    assert store.owns_client  # built from the URL: the store closes (and rebuilds) its own client
     assert store.write_concern.document == {"w": 1, "j": True}
     store.client.close()
     fallback = create_store(settings(store_url="mongodb://127.0.0.1:1", mongodb_db="from_setting"))

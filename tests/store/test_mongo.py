@@ -91,8 +91,12 @@ async def test_the_id_lookup_of_the_stand_in_changes_no_result() -> None:
 
 
 async def test_an_unreachable_server_is_store_unavailable_and_log_writes_are_buffered() -> None:
-    client = AsyncIOMotorClient("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100", tz_aware=True)
-    inner = MongoStore(client=client, db_name="down")
+    inner = MongoStore(
+        client_factory=lambda: AsyncIOMotorClient(
+            "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100", tz_aware=True
+        ),
+        db_name="down",
+    )
     assert not await inner.ping()
     with pytest.raises(StoreUnavailable, match="unreachable") as caught:
         await inner.open()
@@ -104,3 +108,37 @@ async def test_an_unreachable_server_is_store_unavailable_and_log_writes_are_buf
     assert await store.finish_job("some-job", owner=None, state=JobState.FAILED, error="gpu fell off") is None
     assert store.buffer_size == 1 and store.dropped == 0
     await store.close()  # cannot flush: logs what is lost, does not hang
+
+
+async def test_a_store_closes_only_the_client_it_built_and_builds_a_fresh_one_to_reopen() -> None:
+    import mongomock
+
+    server = mongomock.MongoClient(tz_aware=True)  # one "server": every client sees the same data
+    built: list = []
+
+    def factory() -> object:
+        built.append(mongomock_client(mock_mongo_client=server))
+        return built[-1]
+
+    own = MongoStore(client_factory=factory, db_name="owned")
+    assert own.owns_client
+    await own.open()
+    job = make_job()
+    await own.insert_job(job)
+    await own.close()
+    assert built[0].closed  # its own client is released at close
+    await own.open()
+    assert len(built) == 2 and not built[1].closed  # and a fresh one built to open again
+    got = await own.get_job(job.id)
+    assert got is not None and got.prompt == job.prompt
+    await own.close()
+
+    shared = mongomock_client(mock_mongo_client=server)
+    lent = MongoStore(client=shared, db_name="owned")
+    assert not lent.owns_client
+    await lent.open()
+    await lent.close()
+    assert not shared.closed  # the caller's client stays open for the caller
+    assert await shared.get_database("owned").get_collection("jobs").find_one({"_id": job.id})
+    with pytest.raises(ValueError, match="either client= or client_factory="):
+        MongoStore(client=shared, client_factory=factory, db_name="x")

@@ -6,6 +6,7 @@ imported lazily so a SQLite deployment never imports motor, and vice versa.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,7 +78,7 @@ def create_store(settings: Settings, *, buffered: bool = False) -> Store:
         from bot.core.store.mongo import MongoStore, make_client
 
         store = MongoStore(
-            client=make_client(url),
+            client_factory=functools.partial(make_client, url),
             db_name=mongo_db_name(url, settings.mongodb_db),
             write_concern=settings.mongodb_write_concern,
         )

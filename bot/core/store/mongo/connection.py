@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,26 +25,56 @@ log = logging.getLogger(__name__)
 
 
 class MongoConnection(Store):
-    """Collections, open/close and plumbing; the record operations live in the sibling mixins."""
+    """Collections, open/close and plumbing; the record operations live in the sibling mixins.
+
+    The store closes only a client it built itself (see `__init__`).
+    """
 
     name = "mongo"
 
-    def __init__(self, *, client: Any, db_name: str, write_concern: str | int = "majority") -> None:
-        self.client = client
+    def __init__(
+        self,
+        *,
+        db_name: str,
+        client: Any | None = None,
+        client_factory: Callable[[], Any] | None = None,
+        write_concern: str | int = "majority",
+    ) -> None:
+        """Either `client` (the caller's: the store never closes it) or `client_factory` (the store
+        builds its own client, closes it in `close()` and builds a fresh one if opened again, since a
+        closed MongoClient cannot be used again)."""
+        if (client is None) == (client_factory is None):
+            raise ValueError("MongoStore needs either client= or client_factory=, not both or neither")
         self.db_name = db_name
         self.write_concern = parse_write_concern(write_concern)
-        self.db = client.get_database(db_name, write_concern=self.write_concern)
+        self._factory = client_factory
+        self._seq = Seq()
+        self._opened = False
+        self._bind(client if client is not None else self._build_client())
+
+    def _build_client(self) -> Any:
+        assert self._factory is not None
+        return self._factory()
+
+    def _bind(self, client: Any) -> None:
+        self.client = client
+        self._client_closed = False
+        self.db = client.get_database(self.db_name, write_concern=self.write_concern)
         self.jobs = self.db.get_collection("jobs")
         self.users = self.db.get_collection("users")
         self.guilds = self.db.get_collection("guild_settings")
         self.audit = self.db.get_collection("audit")
         self.meta = self.db.get_collection("meta")
-        self._seq = Seq()
-        self._opened = False
+
+    @property
+    def owns_client(self) -> bool:
+        return self._factory is not None
 
     async def open(self) -> None:
         if self._opened:
             return
+        if self._client_closed:  # only a client the store built is ever closed by it
+            self._bind(self._build_client())
         async with self._guard():
             await self._migrate()
             for collection, indexes in schema.INDEXES.items():
@@ -82,8 +112,11 @@ class MongoConnection(Store):
         return int(doc["value"]) if doc else 0
 
     async def close(self) -> None:
-        """Closes the client too: the store owns it once handed in."""
+        """Closes the client only if the store built it; an injected client stays usable."""
         self._opened = False
+        if not self.owns_client or self._client_closed:
+            return
+        self._client_closed = True
         result = self.client.close()
         if inspect.isawaitable(result):  # PyMongo's AsyncMongoClient.close() is a coroutine
             await result

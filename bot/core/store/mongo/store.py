@@ -12,4 +12,4 @@ log = logging.getLogger(__name__)
 
 
 class MongoStore(MongoJobs, MongoRequestLog, MongoModeration):
-    """Store in a MongoDB database; the client is built by the caller (see `make_client`)."""
+    """Store in a MongoDB database, on the caller's client or on its own (see `MongoConnection`)."""
