@@ -294,7 +294,7 @@ async def bench_backend(kind: str, *, jobs: int, users: int, ops: int, tmp: Path
 
             outcome = Outcome(state=JobState.COMPLETE, gpu_seconds=0.5 + rng.random())
             t = time.perf_counter()
-            await queue._finish(claimed.id, outcome)  # what `job_finished` schedules
+            await queue.finisher.finish(claimed.id, outcome)  # what `job_finished` schedules
             timings["complete"].append(time.perf_counter() - t)
         assert len(queue.order) == jobs, len(queue.order)
         figures: dict[str, Any] = {"start_load_s": round(start_s, 3)}

@@ -25,6 +25,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from generation.phases import JobPhase
+
 log = logging.getLogger(__name__)
 
 #: the registry `/metrics` exposes; nothing is registered in prometheus-client's global one
@@ -47,7 +49,7 @@ QUEUE_DEPTH = Gauge(
 )
 QUEUE_RUNNING = Gauge(
     "imagine_queue_running",
-    "Jobs the worker is running right now (0 or 1 per GPU).",
+    "Jobs on a GPU right now, over every worker (at most one per GPU).",
     registry=REGISTRY,
 )
 QUEUE_PAUSED = Gauge(
@@ -226,11 +228,9 @@ def refresh_from_state(
             depth[kind] = depth.get(kind, 0) + 1
         for kind, n in depth.items():
             QUEUE_DEPTH.labels(kind=kind).set(n)
-        active = _get(snapshot, "active")
-        if active is not None:  # one entry per job on a GPU worker (several when scaled out)
-            QUEUE_RUNNING.set(sum(1 for a in active if _get(a, "phase") != "finishing"))
-        else:
-            QUEUE_RUNNING.set(1 if _get(snapshot, "running") else 0)
+        # one entry per job a worker holds (several when scaled out); encoding ones leave the GPU free
+        running = _get(snapshot, "running") or ()
+        QUEUE_RUNNING.set(sum(1 for entry in running if _get(entry, "phase") != JobPhase.FINISHING))
         QUEUE_PAUSED.set(1 if _get(snapshot, "paused") else 0)
     if store is not None:
         size = getattr(store, "buffer_size", None)

@@ -28,6 +28,7 @@ from bot.web.openapi import FIELD_TYPES, openapi_handler, request_fields
 from generation.errors import InvalidRequest
 from generation.models import default_model_id, get_spec
 from generation.params import ASPECTS, MAX_PROMPT_CHARS, aspect_size, validate_request
+from generation.phases import JobPhase
 
 log = logging.getLogger(__name__)
 
@@ -216,19 +217,9 @@ def _live(request: web.Request, job: Job) -> tuple[int | None, float | None, dic
 
 
 def job_progress(snap: Any, job_id: str) -> dict[str, int] | None:
-    """Step and total of a running job from a queue snapshot (None if it is not running)."""
-    entries = list(getattr(snap, "active", None) or ())
-    if not entries and getattr(snap, "progress", None) is not None:
-        entries = [snap.progress]
-    for entry in entries:
-        job = getattr(entry, "job", None)
-        if job is not None and job.id == job_id:
-            return {"step": int(entry.step), "total": int(entry.total)}
-    if getattr(snap, "running", None) is not None and snap.running.id == job_id:
-        if isinstance(snap.progress, tuple):
-            return {"step": int(snap.progress[0]), "total": int(snap.progress[1])}
-        return {"step": 0, "total": int(snap.running.params.get("steps") or 0)}
-    return None
+    """Step and total of a job a worker holds, from a queue snapshot (None if no worker holds it)."""
+    entry = snap.running_entry(job_id)
+    return None if entry is None else {"step": int(entry.step), "total": int(entry.total)}
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -278,16 +269,17 @@ def file_response(path: Path, *, filename: str, content_type: str | None = None)
 async def get_queue(request: web.Request) -> web.Response:
     caller = await authorize(request)
     snap = request.app[QUEUE_KEY].snapshot()
-    running = snap.running
     running_json = None
-    if running is not None:
-        progress = job_progress(snap, running.id) or {"step": 0, "total": 0}
+    # the REST document names one running job: the one on a GPU the longest
+    entry = next((e for e in snap.running if e.phase == JobPhase.RUNNING), None)
+    if entry is not None:
+        running = entry.job
         running_json = {
             "kind": running.kind,
             "model": running.model,
             "mine": running.user_id == caller.user_id,
             "id": running.id if running.user_id == caller.user_id else None,
-            "progress": progress,
+            "progress": {"step": entry.step, "total": entry.total},
         }
     mine = [
         {"id": e.job.id, "kind": e.job.kind, "model": e.job.model, "position": e.position, "eta_s": e.eta_s}

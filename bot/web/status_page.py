@@ -1,8 +1,8 @@
-"""The public status page at `/`: queue, running job, and a gallery of recent results.
+"""The public status page at `/`: queue, the jobs on GPU workers, and a gallery of recent results.
 
 Server-rendered with Jinja2 and autoescaping on: prompts are user input, and a prompt like
 `<script>` must show as text. A strict Content-Security-Policy (no scripts at all) backs
-that up. Only jobs the gallery may show appear (see `downloads.gallery_allowed`); the
+that up. Only jobs the gallery may show appear (see `downloads.gallery_allowed`); a
 running job's prompt likewise shows only when its result would be public.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from bot.core.queue import RunningEntry
 from bot.core.store import Store, StoreUnavailable
-from bot.web.api import job_progress
 from bot.web.downloads import gallery_allowed, shown_publicly
 from bot.web.keys import QUEUE_KEY, STORE_KEY
 
@@ -51,27 +51,8 @@ async def status_page(request: web.Request) -> web.Response:
         gallery = await _gallery(store, public_guilds)
     except StoreUnavailable:
         store_error = "The database is unreachable right now; recent results are hidden."
-    running = None
-    if snap.running is not None:
-        job = snap.running
-        progress = job_progress(snap, job.id) or {"step": 0, "total": 0}
-        prompt = None
-        if store_error is None:
-            try:
-                prompt = job.prompt if await shown_publicly(store, job, public_guilds) else None
-            except StoreUnavailable:
-                prompt = None
-        elapsed = None
-        if job.started_at is not None:
-            elapsed = f"{(datetime.now(UTC) - job.started_at).total_seconds():.0f} s"
-        running = {
-            "kind": job.kind,
-            "model": job.model,
-            "prompt": prompt,
-            "step": progress["step"],
-            "total": progress["total"],
-            "elapsed": elapsed,
-        }
+    store_ok = store_error is None
+    running = [await _running_item(store, entry, public_guilds, store_ok) for entry in snap.running]
     html = _templates.get_template("status.html").render(
         queue_length=len(snap.queued),
         paused=bool(snap.paused),
@@ -90,6 +71,31 @@ async def status_page(request: web.Request) -> web.Response:
             "Cache-Control": "no-store",
         },
     )
+
+
+async def _running_item(
+    store: Store, entry: RunningEntry, public_guilds: dict[str, bool], store_ok: bool
+) -> dict[str, Any]:
+    """One job a worker holds; its prompt shows only where its result would be public."""
+    job = entry.job
+    prompt = None
+    if store_ok:
+        try:
+            prompt = job.prompt if await shown_publicly(store, job, public_guilds) else None
+        except StoreUnavailable:
+            prompt = None
+    elapsed = None
+    if job.started_at is not None:
+        elapsed = f"{(datetime.now(UTC) - job.started_at).total_seconds():.0f} s"
+    return {
+        "phase": entry.phase,
+        "kind": job.kind,
+        "model": job.model,
+        "prompt": prompt,
+        "step": entry.step,
+        "total": entry.total,
+        "elapsed": elapsed,
+    }
 
 
 async def _gallery(store: Store, cache: dict[str, bool]) -> list[dict[str, Any]]:

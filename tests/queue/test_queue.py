@@ -117,7 +117,7 @@ async def test_interleaved_burst_runs_round_robin_with_positions_and_etas(
     a1, a2, b1, a3, c1, b2, c2 = (s.job.id for s in subs)
     fair = [a1, b1, c1, a2, b2, c2, a3]
     snap = queue.snapshot()
-    assert snap.running is not None and snap.running.id == blocker.job.id
+    assert [e.job.id for e in snap.running] == [blocker.job.id]
     assert [e.job.id for e in snap.queued] == fair
     assert [e.position for e in snap.queued] == [1, 2, 3, 4, 5, 6, 7]
     etas = [e.eta_s for e in snap.queued]
@@ -444,8 +444,8 @@ async def test_the_next_job_is_claimed_during_the_decode_and_can_still_be_cancel
         # the first job did its last step: the next one was claimed while it decodes
         await wait_for(lambda: queue.position(second.job.id) == 0)
         snap = queue.snapshot()
-        assert snap.running is not None and snap.running.id == first.job.id
-        phases = {e.job.id: e.phase for e in snap.active}
+        assert snap.running[0].job.id == first.job.id  # the longest-running first
+        phases = {e.job.id: e.phase for e in snap.running}
         assert phases == {first.job.id: "running", second.job.id: "starting"}
         assert [e.job.id for e in snap.queued] == [third.job.id]
         # the third waits for what is left of the first and all of the claimed-ahead second
@@ -505,7 +505,7 @@ async def test_offers_older_than_the_redelivery_window_are_forgotten(
         await sqlite_store.insert_job(job)
     await queue.mark_delivered(jobs[0].id, "1")
     await queue.mark_delivered(jobs[1].id, "2")
-    assert list(queue._offered) == [jobs[0].id, jobs[1].id]
+    assert list(queue.redelivery.offered) == [jobs[0].id, jobs[1].id]
     now[0] += REDELIVER_WINDOW + timedelta(seconds=1)
     await queue.mark_delivered(jobs[2].id, "3")
-    assert list(queue._offered) == [jobs[2].id]
+    assert list(queue.redelivery.offered) == [jobs[2].id]

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.core.jobs import Job, JobState, Source, utcnow
+from bot.core.queue import QueueEntry, QueueSnapshot, RunningEntry
 from bot.core.store import Store, create_store
 from bot.settings import Settings
 from bot.web import create_web_app
@@ -90,28 +91,12 @@ class Submitted:
 
 
 @dataclass
-class Snapshot:
-    running: Job | None
-    progress: tuple[int, int] | None
-    queued: list[Any]
-    paused: bool
-
-
-@dataclass
-class Entry:
-    job: Job
-    position: int
-    eta_s: float | None
-
-
-@dataclass
 class StubQueue:
     """Persists submitted jobs in the real store and reports positions; runs nothing."""
 
     store: Store
     queued: list[Job] = field(default_factory=list)
-    running: Job | None = None
-    progress: tuple[int, int] | None = None
+    running: list[RunningEntry] = field(default_factory=list)
     paused: bool = False
     listeners: list[Any] = field(default_factory=list)
     submit_error: Exception | None = None
@@ -129,8 +114,16 @@ class StubQueue:
         assert job is not None
         return job
 
+    def run(self, job: Job, step: int, total: int) -> None:
+        """Show `job` on a GPU worker at `step` of `total`."""
+        self.queued = [j for j in self.queued if j.id != job.id]
+        job.state = JobState.IN_PROGRESS
+        self.running.append(
+            RunningEntry(job=job, step=step, total=total, elapsed_s=1.0, remaining_s=1.0, worker_id="w0")
+        )
+
     def position(self, job_id: str) -> int | None:
-        if self.running is not None and self.running.id == job_id:
+        if any(e.job.id == job_id for e in self.running):
             return 0
         for i, job in enumerate(self.queued, start=1):
             if job.id == job_id:
@@ -141,9 +134,11 @@ class StubQueue:
         pos = self.position(job_id)
         return None if pos is None else 2.0 * (pos + 1)
 
-    def snapshot(self) -> Snapshot:
-        entries = [Entry(job=j, position=i, eta_s=2.0 * i) for i, j in enumerate(self.queued, start=1)]
-        return Snapshot(running=self.running, progress=self.progress, queued=entries, paused=self.paused)
+    def snapshot(self) -> QueueSnapshot:
+        entries = [
+            QueueEntry(job=job, position=i, eta_s=2.0 * i, run_s=2.0) for i, job in enumerate(self.queued, 1)
+        ]
+        return QueueSnapshot(running=list(self.running), queued=entries, paused=self.paused, counts={})
 
     def add_listener(self, listener: Any) -> None:
         self.listeners.append(listener)

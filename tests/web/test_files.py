@@ -168,7 +168,8 @@ async def test_status_page_shows_public_results_escaped(
         prompt="secret running prompt",
         state=JobState.IN_PROGRESS,
     )
-    stub_queue.running, stub_queue.progress = running, (3, 8)
+    stub_queue.run(running, step=3, total=8)
+    stub_queue.run(make_job(prompt="second gpu", state=JobState.IN_PROGRESS), step=1, total=4)
     stub_queue.queued = [make_job(state=JobState.QUEUED) for _ in range(4)]
     client = await make_client(stub_queue)
 
@@ -182,7 +183,9 @@ async def test_status_page_shows_public_results_escaped(
     for hidden in ("private prompt", "direct message prompt", "failed prompt", "secret running prompt"):
         assert hidden not in page
     assert re.search(r'id="queue-length"[^>]*>4<', page)
-    assert "step 3/8" in page
+    running_list = re.search(r'<ul id="running">(.*?)</ul>', page, re.S).group(1)
+    assert running_list.count("<li") == 2  # every GPU worker's job, not just one
+    assert "step 3/8" in running_list and "step 1/4" in running_list
     video = re.search(r"<video[^>]*>", page).group(0)
     for attr in (
         "controls",

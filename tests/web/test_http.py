@@ -218,9 +218,7 @@ async def test_get_job_reports_position_eta_and_progress(make_client, stub_queue
     body = await (await client.get(f"/api/v1/jobs/{second['id']}", headers=auth("alice"))).json()
     assert (body["state"], body["position"], body["eta_s"], body["progress"]) == ("queued", 2, 6.0, None)
 
-    running = stub_queue.queued.pop(0)
-    running.state = JobState.IN_PROGRESS
-    stub_queue.running, stub_queue.progress = running, (1, 2)
+    stub_queue.run(stub_queue.queued[0], step=1, total=2)
     body = await (await client.get(f"/api/v1/jobs/{first['id']}", headers=auth("alice"))).json()
     assert body["position"] == 0 and body["progress"] == {"step": 1, "total": 2}
 

@@ -91,7 +91,7 @@ class Member(commands.Cog):
         )
         embed.add_field(name="Device", value=str(health.get("device") or "unknown"))
         snap = self.bot.queue.snapshot()
-        running = f"`{short_id(snap.running.id)}` ({snap.running.kind})" if snap.running else "idle"
+        running = ", ".join(f"`{short_id(e.job.id)}` ({e.job.kind})" for e in snap.running[:5]) or "idle"
         embed.add_field(
             name="Queue",
             value=f"{len(snap.queued)} waiting · {running}" + (" · paused" if snap.paused else ""),

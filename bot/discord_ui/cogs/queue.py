@@ -39,24 +39,25 @@ class Queue(commands.GroupCog, group_name="queue", group_description="See and ma
         lines = [
             f"**Queue:** {len(snap.queued)} waiting" + (" · ⏸️ paused by an admin" if snap.paused else "")
         ]
-        if snap.running is not None:
-            job = snap.running
-            step, total = (snap.progress.step, snap.progress.total) if snap.progress else (0, 0)
+        for entry in snap.running[:MAX_LISTED]:
+            job = entry.job
             lines.append(
-                f"**Running:** {job.kind} `{short_id(job.id)}` for {safe_text(job.user_name, 40)} "
-                f"`{progress_bar(step, total)}` {step}/{total}"
+                f"**{entry.phase.capitalize()}:** {job.kind} `{short_id(job.id)}` for "
+                f"{safe_text(job.user_name, 40)} `{progress_bar(entry.step, entry.total)}` "
+                f"{entry.step}/{entry.total}"
             )
-        else:
+        if not snap.running:
             lines.append("**Running:** nothing")
         mine = [entry for entry in snap.queued if entry.job.user_id == me]
-        if snap.running is not None and snap.running.user_id == me:
-            lines.append(f"Your job `{short_id(snap.running.id)}` is running now.")
+        mine_running = [e.job for e in snap.running if e.job.user_id == me]
+        for job in mine_running:
+            lines.append(f"Your job `{short_id(job.id)}` is running now.")
         for entry in mine[:MAX_LISTED]:
             lines.append(
                 f"• `{short_id(entry.job.id)}` {entry.job.kind}: position **{entry.position}**, "
                 f"ETA {duration(entry.eta_s)} — {safe_text(entry.job.prompt, 60)}"
             )
-        if not mine and (snap.running is None or snap.running.user_id != me):
+        if not mine and not mine_running:
             lines.append("You have no jobs waiting.")
         await interaction.followup.send("\n".join(lines), ephemeral=True, allowed_mentions=NONE)
 
@@ -65,9 +66,8 @@ class Queue(commands.GroupCog, group_name="queue", group_description="See and ma
     ) -> list[app_commands.Choice[str]]:
         snap = self.bot.queue.snapshot()
         me = str(interaction.user.id)
-        jobs = [e.job for e in snap.queued if e.job.user_id == me]
-        if snap.running is not None and snap.running.user_id == me:
-            jobs.insert(0, snap.running)
+        jobs = [e.job for e in snap.running if e.job.user_id == me]
+        jobs += [e.job for e in snap.queued if e.job.user_id == me]
         return [
             app_commands.Choice(name=f"{short_id(j.id)} {j.kind}: {j.prompt}"[:100], value=j.id)
             for j in jobs
@@ -91,9 +91,7 @@ class Queue(commands.GroupCog, group_name="queue", group_description="See and ma
         """A job id from a full id, an 8-character prefix, or nothing (the member's newest)."""
         snap = self.bot.queue.snapshot()
         me = str(interaction.user.id)
-        candidates = [e.job for e in snap.queued]
-        if snap.running is not None:
-            candidates.append(snap.running)
+        candidates = [e.job for e in snap.queued] + [e.job for e in snap.running]
         if prefix:
             prefix = prefix.strip().lower()
             matches = [j for j in candidates if j.id.startswith(prefix)]

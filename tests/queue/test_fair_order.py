@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.core.fair_order import FairOrder
 from bot.core.jobs import Job
-from bot.core.scheduler import FairOrder
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
