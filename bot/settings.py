@@ -43,6 +43,8 @@ class Settings(ScaleoutSettings):
     web_port: int = 8080
     public_url: str = "http://127.0.0.1:8080"
     api_keys: dict[str, SecretStr] = Field(default_factory=dict)  # key name -> secret
+    # API key names whose prompts and results the public status page may show (default: none)
+    public_api_keys: list[str] = Field(default_factory=list)
     link_secret: SecretStr | None = None  # signs download links; random per start if unset
     link_expiry_s: int = 7 * 24 * 3600
     results_dir: str = "data/results"

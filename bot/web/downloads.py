@@ -3,7 +3,7 @@
 * `/dl/{job_id}?e=…&s=…`: the Discord link fallback. Anyone holding a valid, unexpired link
   may fetch the file; a forged or altered link gets 403, an expired one 410.
 * `/gallery/{job_id}` and `/gallery/{job_id}/poster`: files the status page shows, served
-  only for jobs the gallery may show (see :func:`gallery_allowed`), checked on every request
+  only for jobs the gallery may show (see :class:`Publicity`), checked on every request
   so that an admin turning a guild's gallery off takes effect at once.
 
 Both answer with `web.FileResponse`: exact type and length, and HTTP range requests so
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 from aiohttp import web
@@ -22,7 +23,7 @@ from bot.core.jobs import Job, JobState, Source
 from bot.core.store import Store
 from bot.web.api import file_response, plausible_job_id
 from bot.web.errors import ApiError
-from bot.web.keys import POSTERS_KEY, SIGNER_KEY, STORE_KEY
+from bot.web.keys import POSTERS_KEY, SETTINGS_KEY, SIGNER_KEY, STORE_KEY
 from bot.web.links import DOWNLOAD_PREFIX, LinkExpired, LinkInvalid
 from bot.web.media import is_video, sniff_image_type
 
@@ -35,28 +36,43 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/gallery/{job_id}/poster", gallery_poster, name="gallery_poster")
 
 
-async def gallery_allowed(store: Store, job: Job, cache: dict[str, bool] | None = None) -> bool:
-    """A complete job from the REST API, or from a guild whose admins made the gallery public.
+API_USER_PREFIX = "api:"
 
-    `cache` (guild id -> public) saves repeated guild lookups while rendering one page.
+
+class Publicity:
+    """Whose prompts and results the public status page may show: a guild's once its admins turned
+    its gallery on (`/admin gallery`), a REST API key's once the bot's owner listed it in
+    `PUBLIC_API_KEYS`; nobody else's (direct messages never).
+
+    Guild settings are read from the store on every check, so an admin turning a gallery off takes
+    effect at once; one instance per request caches them for that request only.
     """
-    if job.state is not JobState.COMPLETE or not job.result_path:
-        return False
-    return await shown_publicly(store, job, cache)
 
+    def __init__(self, store: Store, *, public_api_keys: Collection[str]) -> None:
+        self._store = store
+        self._keys = frozenset(public_api_keys)
+        self._guilds: dict[str, bool] = {}
 
-async def shown_publicly(store: Store, job: Job, cache: dict[str, bool] | None = None) -> bool:
-    """Whether the job's prompt and result may appear on the public status page."""
-    if job.source is Source.API:
-        return True
-    if job.guild_id is None:  # direct messages stay private
-        return False
-    if cache is not None and job.guild_id in cache:
-        return cache[job.guild_id]
-    public = bool((await store.get_guild_settings(job.guild_id)).gallery_public)
-    if cache is not None:
-        cache[job.guild_id] = public
-    return public
+    @classmethod
+    def of(cls, app: web.Application) -> Publicity:
+        return cls(app[STORE_KEY], public_api_keys=app[SETTINGS_KEY].public_api_keys)
+
+    async def shown(self, job: Job) -> bool:
+        """Whether the job's prompt (and, once complete, its result) may appear publicly."""
+        if job.source is Source.API:
+            return job.user_id.removeprefix(API_USER_PREFIX) in self._keys
+        if job.guild_id is None:
+            return False
+        if job.guild_id not in self._guilds:
+            settings = await self._store.get_guild_settings(job.guild_id)
+            self._guilds[job.guild_id] = bool(settings.gallery_public)
+        return self._guilds[job.guild_id]
+
+    async def in_gallery(self, job: Job) -> bool:
+        """A complete job with a file, whose owner agreed to show it."""
+        if job.state is not JobState.COMPLETE or not job.result_path:
+            return False
+        return await self.shown(job)
 
 
 async def _result_file(job: Job | None) -> Path:
@@ -85,7 +101,7 @@ async def _gallery_job(request: web.Request) -> Job:
     store = request.app[STORE_KEY]
     job_id = request.match_info["job_id"]
     job = await store.get_job(job_id) if plausible_job_id(job_id) else None
-    if job is None or not await gallery_allowed(store, job):
+    if job is None or not await Publicity.of(request.app).in_gallery(job):
         raise ApiError(404, "not_found", "No such result in the gallery.")
     return job
 

@@ -2,7 +2,7 @@
 
 Server-rendered with Jinja2 and autoescaping on: prompts are user input, and a prompt like
 `<script>` must show as text. A strict Content-Security-Policy (no scripts at all) backs
-that up. Only jobs the gallery may show appear (see `downloads.gallery_allowed`); a
+that up. Only jobs the gallery may show appear (see `downloads.Publicity`); a
 running job's prompt likewise shows only when its result would be public.
 """
 
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from bot.core.queue import RunningEntry
 from bot.core.store import Store, StoreUnavailable
-from bot.web.downloads import gallery_allowed, shown_publicly
+from bot.web.downloads import Publicity
 from bot.web.keys import QUEUE_KEY, STORE_KEY
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,13 @@ async def status_page(request: web.Request) -> web.Response:
     snap = request.app[QUEUE_KEY].snapshot()
     store_error = None
     gallery: list[dict[str, Any]] = []
-    public_guilds: dict[str, bool] = {}
+    publicity = Publicity.of(request.app)
     try:
-        gallery = await _gallery(store, public_guilds)
+        gallery = await _gallery(store, publicity)
     except StoreUnavailable:
         store_error = "The database is unreachable right now; recent results are hidden."
     store_ok = store_error is None
-    running = [await _running_item(store, entry, public_guilds, store_ok) for entry in snap.running]
+    running = [await _running_item(entry, publicity, store_ok) for entry in snap.running]
     html = _templates.get_template("status.html").render(
         queue_length=len(snap.queued),
         paused=bool(snap.paused),
@@ -73,15 +73,13 @@ async def status_page(request: web.Request) -> web.Response:
     )
 
 
-async def _running_item(
-    store: Store, entry: RunningEntry, public_guilds: dict[str, bool], store_ok: bool
-) -> dict[str, Any]:
+async def _running_item(entry: RunningEntry, publicity: Publicity, store_ok: bool) -> dict[str, Any]:
     """One job a worker holds; its prompt shows only where its result would be public."""
     job = entry.job
     prompt = None
     if store_ok:
         try:
-            prompt = job.prompt if await shown_publicly(store, job, public_guilds) else None
+            prompt = job.prompt if await publicity.shown(job) else None
         except StoreUnavailable:
             prompt = None
     elapsed = None
@@ -98,10 +96,10 @@ async def _running_item(
     }
 
 
-async def _gallery(store: Store, cache: dict[str, bool]) -> list[dict[str, Any]]:
+async def _gallery(store: Store, publicity: Publicity) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for job in await store.recent_results(limit=GALLERY_SCAN):
-        if not await gallery_allowed(store, job, cache):
+        if not await publicity.in_gallery(job):
             continue
         params = job.params or {}
         extra = None

@@ -97,9 +97,8 @@ async def test_gallery_videos_play_in_headless_chromium(
     await store.insert_job(image_job)
     await store.insert_job(video_job)
 
-    app = create_web_app(
-        settings=web_settings, store=store, queue=stub_queue, registry=build_registry(web_settings)
-    )
+    settings = web_settings.model_copy(update={"public_api_keys": ["alice"]})  # the jobs' API key
+    app = create_web_app(settings=settings, store=store, queue=stub_queue, registry=build_registry(settings))
     async with serve(app, host="127.0.0.1", port=0) as runner:
         host, port = runner.addresses[0][:2]
         async with chromium_page(CHROMIUM, tmp_path / "chromium-profile") as page:

@@ -141,6 +141,11 @@ async def test_status_page_shows_public_results_escaped(
         height=48,
     )
     api_image = make_job(result_path=write_test_png(results / "api.png"), prompt="api picture")
+    api_private = make_job(
+        result_path=write_test_png(results / "api-private.png"),
+        user_id="api:bob",
+        prompt="a key holder secret",
+    )
     private = make_job(
         result_path=write_test_png(results / "priv.png"),
         user_id="2",
@@ -155,7 +160,7 @@ async def test_status_page_shows_public_results_escaped(
         prompt="direct message prompt",
     )
     failed = make_job(state=JobState.FAILED, prompt="failed prompt")
-    for job in (public_video, api_image, private, dm, failed):
+    for job in (public_video, api_image, api_private, private, dm, failed):
         await store.insert_job(job)
     await store.update_guild_settings("pub", gallery_public=True)
     await store.update_guild_settings("priv", gallery_public=False)
@@ -171,7 +176,9 @@ async def test_status_page_shows_public_results_escaped(
     stub_queue.run(running, step=3, total=8)
     stub_queue.run(make_job(prompt="second gpu", state=JobState.IN_PROGRESS), step=1, total=4)
     stub_queue.queued = [make_job(state=JobState.QUEUED) for _ in range(4)]
-    client = await make_client(stub_queue)
+    # the key "alice" made public by the bot's owner; "bob" not
+    settings = web_settings.model_copy(update={"public_api_keys": ["alice"]})
+    client = await make_client(stub_queue, settings=settings)
 
     resp = await client.get("/")
     assert resp.status == 200 and resp.content_type == "text/html"
@@ -180,7 +187,8 @@ async def test_status_page_shows_public_results_escaped(
     assert "<script>" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "api picture" in page
-    for hidden in ("private prompt", "direct message prompt", "failed prompt", "secret running prompt"):
+    hidden_prompts = ("private prompt", "a key holder secret", "direct message prompt", "failed prompt")
+    for hidden in (*hidden_prompts, "secret running prompt"):
         assert hidden not in page
     assert re.search(r'id="queue-length"[^>]*>4<', page)
     running_list = re.search(r'<ul id="running">(.*?)</ul>', page, re.S).group(1)
@@ -199,7 +207,7 @@ async def test_status_page_shows_public_results_escaped(
 
     assert (await client.get(f"/gallery/{public_video.id}")).status == 200
     assert (await client.get(f"/gallery/{api_image.id}")).status == 200
-    for job in (private, dm, failed, running):
+    for job in (private, api_private, dm, failed, running):
         resp = await client.get(f"/gallery/{job.id}")
         assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
     poster = await client.get(f"/gallery/{public_video.id}/poster")
@@ -214,7 +222,9 @@ async def test_status_page_shows_public_results_escaped(
 async def test_poster_from_the_worker_is_preferred(make_client, stub_queue, store, mp4, web_settings) -> None:
     job = make_job(kind="video", result_path=mp4)
     await store.insert_job(job)
-    client = await make_client(stub_queue)
+    client = await make_client(
+        stub_queue, settings=web_settings.model_copy(update={"public_api_keys": ["alice"]})
+    )
     poster = Path(web_settings.results_dir) / "worker-poster.jpg"
     poster.write_bytes(b"\xff\xd8\xffworker poster")
 
