@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import secrets
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from generation.catalog import BUILTIN_MODELS
 from generation.errors import InvalidRequest
 from generation.models import ModelSpec, step_limits
 from generation.settings import GenerationSettings
@@ -27,6 +29,16 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
 SIZE_MULTIPLE = 8
+#: the widest frame range of the built-in models: what a command can declare before the
+#: member picks a model (each model's own range and rule are checked by `validate_request`)
+FRAMES_RANGE = (
+    min(s.min_frames for s in BUILTIN_MODELS if s.is_video),
+    max(s.max_frames for s in BUILTIN_MODELS if s.is_video),
+)
+#: fields a request carries that are not stored with it (see `notes`)
+_TRANSIENT = frozenset({"notes"})
+#: stored fields that older records lack, with the value they meant
+_OPTIONAL = {"image": None}
 
 #: keys `validate_request` accepts besides the request fields (they are checked elsewhere)
 _IGNORED_KEYS = frozenset({"kind", "model"})
@@ -48,9 +60,11 @@ class ImageRequest:
     guidance: float
     width: int
     height: int
+    #: what validation changed and why ("wan-1.3b makes 4k+1 frames: using 17"), for the member
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **dataclasses.asdict(self)}
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageRequest:
@@ -73,9 +87,12 @@ class VideoRequest:
     height: int
     frames: int
     fps: int
+    #: path of the input picture (the first frame) for an image-to-video model; None for text only
+    image: str | None = None
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **dataclasses.asdict(self)}
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VideoRequest:
@@ -89,22 +106,27 @@ class VideoRequest:
 GenerationRequest = ImageRequest | VideoRequest
 
 
+def _to_dict(request: ImageRequest | VideoRequest) -> dict[str, Any]:
+    data = {k: v for k, v in dataclasses.asdict(request).items() if k not in _TRANSIENT}
+    return {"kind": request.kind, **data}
+
+
 def _fields_from_dict(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     """Restore a stored request: exact field set, light type coercion, no range checks.
 
     Range checks need the model spec, which may have changed since the request was stored;
     a stored request was validated when it was made.
     """
-    names = {f.name for f in dataclasses.fields(cls)}
-    missing = names - set(data)
+    names = {f.name for f in dataclasses.fields(cls)} - _TRANSIENT
+    missing = names - set(data) - set(_OPTIONAL)
     if missing:
         raise ValueError(f"{cls.__name__}: missing field(s) {', '.join(sorted(missing))}")
     out: dict[str, Any] = {}
     for name in names:
-        value = data[name]
+        value = data.get(name, _OPTIONAL.get(name))
         if name in ("model", "prompt"):
             out[name] = str(value)
-        elif name == "negative_prompt":
+        elif name in ("negative_prompt", "image"):
             out[name] = None if value is None else str(value)
         elif name == "guidance":
             out[name] = float(value)
@@ -199,15 +221,27 @@ def _float(value: Any, *, name: str, lo: float, hi: float) -> float:
     return value
 
 
-def _size(value: Any, *, name: str, lo: int, hi: int) -> int:
+def _size(value: Any, *, name: str, lo: int, hi: int, spec: ModelSpec, notes: list[str]) -> int:
+    """A size in range, snapped to the nearest multiple the model needs (and the member told)."""
+    multiple = spec.size_multiple
     size = _int(value, name=name, lo=lo, hi=hi)
-    if size % SIZE_MULTIPLE:
-        below = size - size % SIZE_MULTIPLE
-        hint = f"; try {below}" if below >= lo else f"; try {below + SIZE_MULTIPLE}"
-        raise InvalidRequest(
-            f"{name} must be a multiple of {SIZE_MULTIPLE} from {lo} to {hi} (got {size}{hint})."
-        )
-    return size
+    if size % multiple == 0:
+        return size
+    below = size - size % multiple
+    snapped = below + multiple if size - below >= multiple / 2 else below
+    snapped = min(max(snapped, lo), hi)
+    notes.append(f"{name} must be a multiple of {multiple} for this model: using {snapped} (asked {size}).")
+    return snapped
+
+
+def _frames(value: Any, spec: ModelSpec, notes: list[str]) -> int:
+    """A frame count in the model's range, snapped to its frame rule (4k+1, 8k+1) with a note."""
+    frames = _int(value, name="frames", lo=spec.min_frames, hi=spec.max_frames)
+    if spec.frames_ok(frames):
+        return frames
+    snapped = spec.nearest_frames(frames)
+    notes.append(f"{spec.id} makes {spec.frame_rule} frames: using {snapped} (asked {frames}).")
+    return snapped
 
 
 def _article(kind: str) -> str:
@@ -216,6 +250,42 @@ def _article(kind: str) -> str:
 
 def random_seed() -> int:
     return secrets.randbelow(MAX_SEED + 1)
+
+
+def _known_values(kind: str, raw: Mapping[str, Any], spec: ModelSpec) -> dict[str, Any]:
+    """The request's own parameters under their canonical names; unknown ones are refused."""
+    if kind not in ("image", "video"):
+        raise InvalidRequest(f"kind must be 'image' or 'video', not {kind!r}.")
+    if spec.kind != kind:
+        raise InvalidRequest(f"model {spec.id!r} makes {spec.kind}s; choose {_article(kind)} model.")
+    model = raw.get("model")
+    if model is not None and model != spec.id:
+        raise InvalidRequest(f"model {model!r} does not match the model spec {spec.id!r}.")
+    values = {_ALIASES.get(k, k): v for k, v in raw.items() if _ALIASES.get(k, k) not in _IGNORED_KEYS}
+    allowed = {"prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height"}
+    if kind == "video":
+        allowed |= {"frames", "fps", "image"}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown parameter(s) {', '.join(unknown)} for {_article(kind)}; "
+            f"allowed: {', '.join(sorted(allowed))}."
+        )
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _image(value: Any, spec: ModelSpec) -> str | None:
+    """The input picture's path: required by image-to-video models, refused by the others."""
+    if value is None or value == "":
+        if spec.takes_image:
+            raise InvalidRequest(f"model {spec.id!r} animates a picture: attach an image (its first frame).")
+        return None
+    if not spec.takes_image:
+        partner = f" (its image-to-video partner is {spec.i2v_model!r})" if spec.i2v_model else ""
+        raise InvalidRequest(f"model {spec.id!r} makes video from text only{partner}.")
+    if not isinstance(value, str) and not hasattr(value, "__fspath__"):
+        raise InvalidRequest(f"image must be a file path, not {type(value).__name__}.")
+    return os.fspath(value)
 
 
 def validate_request(
@@ -228,64 +298,40 @@ def validate_request(
 
     Missing or None values take the model's defaults; a missing seed is drawn at random
     here so that the returned request (and whatever stores it) can reproduce the result.
+    A size off the model's multiple or a frame count off its rule is snapped to the nearest
+    valid value, and the request's `notes` say so (the member is told, not refused).
     """
-    if kind not in ("image", "video"):
-        raise InvalidRequest(f"kind must be 'image' or 'video', not {kind!r}.")
-    if spec.kind != kind:
-        raise InvalidRequest(f"model {spec.id!r} makes {spec.kind}s; choose {_article(kind)} model.")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        key = _ALIASES.get(key, key)
-        if key in _IGNORED_KEYS:
-            continue
-        values[key] = value
-    model = raw.get("model")
-    if model is not None and model != spec.id:
-        raise InvalidRequest(f"model {model!r} does not match the model spec {spec.id!r}.")
-
-    allowed = {"prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height"}
-    if kind == "video":
-        allowed |= {"frames", "fps"}
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise InvalidRequest(
-            f"unknown parameter(s) {', '.join(unknown)} for {_article(kind)}; "
-            f"allowed: {', '.join(sorted(allowed))}."
-        )
-
-    def get(name: str, default: Any) -> Any:
-        value = values.get(name)
-        return default if value is None else value
-
+    values = _known_values(kind, raw, spec)
     max_steps, default_steps = step_limits(spec, settings)
-
+    notes: list[str] = []
     prompt = _prompt(values.get("prompt"), name="prompt", required=True)
-    assert prompt is not None
+    negative = _prompt(values.get("negative_prompt"), name="negative_prompt", required=False)
+    width, height = values.get("width", spec.default_width), values.get("height", spec.default_height)
     common: dict[str, Any] = {
         "model": spec.id,
         "prompt": prompt,
-        "negative_prompt": _prompt(values.get("negative_prompt"), name="negative_prompt", required=False),
-        "seed": _int(get("seed", random_seed()), name="seed", lo=0, hi=MAX_SEED),
-        "steps": _int(get("steps", default_steps), name="steps", lo=spec.min_steps, hi=max_steps),
+        "negative_prompt": negative if negative is not None else spec.default_negative_prompt,
+        "seed": _int(values.get("seed", random_seed()), name="seed", lo=0, hi=MAX_SEED),
+        "steps": _int(values.get("steps", default_steps), name="steps", lo=spec.min_steps, hi=max_steps),
         "guidance": _float(
-            get("guidance", spec.default_guidance),
+            values.get("guidance", spec.default_guidance),
             name="guidance",
             lo=spec.min_guidance,
             hi=spec.max_guidance,
         ),
-        "width": _size(get("width", spec.default_width), name="width", lo=spec.min_width, hi=spec.max_width),
+        "width": _size(width, name="width", lo=spec.min_width, hi=spec.max_width, spec=spec, notes=notes),
         "height": _size(
-            get("height", spec.default_height), name="height", lo=spec.min_height, hi=spec.max_height
+            height, name="height", lo=spec.min_height, hi=spec.max_height, spec=spec, notes=notes
         ),
     }
     if kind == "image":
-        return ImageRequest(**common)
+        return ImageRequest(**common, notes=tuple(notes))
     return VideoRequest(
         **common,
-        frames=_int(
-            get("frames", spec.default_frames), name="frames", lo=spec.min_frames, hi=spec.max_frames
-        ),
-        fps=_int(get("fps", spec.default_fps), name="fps", lo=spec.min_fps, hi=spec.max_fps),
+        frames=_frames(values.get("frames", spec.default_frames), spec, notes),
+        fps=_int(values.get("fps", spec.default_fps), name="fps", lo=spec.min_fps, hi=spec.max_fps),
+        image=_image(values.get("image"), spec),
+        notes=tuple(notes),
     )
 
 

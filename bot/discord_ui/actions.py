@@ -83,6 +83,7 @@ class Actions:
             max_tries=settings.max_tries,
             upload_limit_bytes=self._upload_limit(interaction),
             bot_permissions=interaction.app_permissions.value,
+            notes=list(request.notes),
         )
 
     # -- submit ----------------------------------------------------------------------------------
@@ -102,8 +103,9 @@ class Actions:
             log.warning("job %s: could not post the status message", job.id, exc_info=True)
         else:
             await self.bot.delivery.remember_status_message(job, status.id)
+        notes = "".join(f"\n- {note}" for note in job.notes)
         await interaction.followup.send(
-            f"Queued `{short_id(job.id)}` (seed {job.seed}). I'll post the result in this channel.",
+            f"Queued `{short_id(job.id)}` (seed {job.seed}). I'll post the result in this channel.{notes}",
             ephemeral=True,
             allowed_mentions=NONE,
         )

@@ -184,6 +184,7 @@ def _build_job(request: web.Request, *, caller: ApiCaller, kind: str, body: dict
         user_name=caller.user_name,
         source=Source.API,
         max_tries=settings.max_tries,
+        notes=list(request_.notes),
     )
 
 
@@ -317,6 +318,7 @@ def job_json(
         "negative_prompt": job.negative_prompt,
         "seed": job.seed,
         "params": job.params,
+        "notes": job.notes,
         "position": position,
         "eta_s": eta_s,
         "progress": progress,

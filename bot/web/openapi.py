@@ -399,6 +399,11 @@ def build_openapi(
             "negative_prompt": {"type": ["string", "null"]},
             "seed": {"type": ["integer", "null"]},
             "params": {"type": "object", "description": "Every validated parameter, the seed included."},
+            "notes": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "What validation adjusted, e.g. a frame count snapped to the model's rule.",
+            },
             "position": {
                 "type": ["integer", "null"],
                 "minimum": 0,

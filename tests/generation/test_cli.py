@@ -120,10 +120,10 @@ def test_video_end_to_end_from_an_empty_cache_in_two_processes(tmp_path):
 @pytest.mark.slow
 def test_bad_input_exits_2_with_a_message(tmp_path, tiny_model_cache):
     result = run_cli(
-        ["image", "a cat", "--model", "tiny-image", "--width", "65"], cwd=tmp_path, cache_dir=tiny_model_cache
+        ["image", "a cat", "--model", "tiny-image", "--width", "4"], cwd=tmp_path, cache_dir=tiny_model_cache
     )
     assert result.returncode == 2
-    assert "width must be a multiple of 8" in result.stderr
+    assert "width must be a whole number from 32 to 512" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
 

@@ -105,10 +105,10 @@ BAD_IMAGE_PARAMS = [
     ({"prompt": "ok", "guidance": -1}, "guidance"),
     ({"prompt": "ok", "guidance": float("inf")}, "guidance"),
     ({"prompt": "ok", "guidance": "strong"}, "guidance"),
-    ({"prompt": "ok", "width": 65}, "width"),
+    ({"prompt": "ok", "width": 8}, "width"),
     ({"prompt": "ok", "width": 8}, "width"),
     ({"prompt": "ok", "width": 4096}, "width"),
-    ({"prompt": "ok", "height": 100}, "height"),
+    ({"prompt": "ok", "height": 1000}, "height"),
     ({"prompt": "ok", "height": [64]}, "height"),
     ({"prompt": "ok", "sampler": "euler"}, "sampler"),
 ]

@@ -120,7 +120,7 @@ async def test_submit_video_uses_the_video_limits(make_client, stub_queue) -> No
     [
         ({"steps": 3}, "prompt"),
         ({"prompt": "x", "steps": 0}, "steps"),
-        ({"prompt": "x", "width": 65}, "width"),
+        ({"prompt": "x", "width": 4}, "width"),
         ({"prompt": "x", "guidance": "lots"}, "guidance"),
         ({"prompt": "x", "colour": "red"}, "colour"),
         ({"prompt": "x", "frames": 16}, "frames"),  # frames is a video parameter

@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from generation.params import ASPECTS, aspect_size
+from generation.params import ASPECTS, FRAMES_RANGE, aspect_size
 
 if TYPE_CHECKING:
     from bot.discord_ui.client import ImagineBot
@@ -100,7 +100,7 @@ class Generate(commands.Cog):
         seed="Same seed + same settings = same clip (random if empty)",
         steps="Denoising steps: more is slower and often finer",
         guidance="How strictly to follow the prompt",
-        frames="Number of frames (16-64)",
+        frames="Number of frames: each model has its own range and rule (Wan 4k+1, LTX 8k+1)",
         fps="Frames per second of the MP4",
         model="Video model",
     )
@@ -113,7 +113,7 @@ class Generate(commands.Cog):
         seed: app_commands.Range[int, 0, 2**32 - 1] | None = None,
         steps: app_commands.Range[int, 1, 100] | None = None,
         guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
-        frames: app_commands.Range[int, 16, 64] | None = None,
+        frames: app_commands.Range[int, FRAMES_RANGE[0], FRAMES_RANGE[1]] | None = None,
         fps: app_commands.Range[int, 1, 30] | None = None,
         model: str | None = None,
     ) -> None:
