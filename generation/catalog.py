@@ -390,7 +390,7 @@ TINY_MODELS: tuple[ModelSpec, ...] = (
         pipeline="WanImageToVideoPipeline",
         **_TINY_VIDEO,
         dtype="bf16",
-        size_multiple=16,
+        size_multiple=32,
         frame_rule="4k+1",
         default_frames=9,
         min_frames=5,

@@ -23,24 +23,26 @@ propagates out of :meth:`PipelineManager.run` exactly like one raised by the UNe
 from __future__ import annotations
 
 import gc
-import inspect
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from generation import families
+from generation.components import load_components
 from generation.errors import GenerationCancelled, ModelUnavailable
+from generation.load_errors import unavailable
 from generation.media import to_rgb_uint8
 from generation.models import ModelSpec, build_registry, get_spec
 from generation.params import GenerationRequest, VideoRequest
-from generation.preview import latents_to_preview
+from generation.preview import LatentPreviewer
 from generation.settings import GenerationSettings
 from generation.tiny import ensure_tiny
 
@@ -82,8 +84,14 @@ class _Resident:
     spec: ModelSpec
     pipe: Any
     mode: str
-    accepts: frozenset[str] = field(default_factory=frozenset)
-    var_kwargs: bool = False
+    signature: families.CallSignature
+    #: fitted on this pipeline's VAE at load; None when previews are off or it has no encoder
+    previewer: LatentPreviewer | None = None
+
+    def preview(self, latents: Any, request: GenerationRequest) -> Image.Image | None:
+        if self.previewer is None or not isinstance(latents, torch.Tensor):
+            return None
+        return self.previewer.render(self.pipe, latents, request)
 
 
 class PipelineManager:
@@ -127,7 +135,16 @@ class PipelineManager:
 
     @property
     def dtype_name(self) -> str:
-        return {v: k for k, v in _DTYPES.items()}[self.dtype]
+        return _dtype_name(self.dtype)
+
+    def dtype_for(self, spec: ModelSpec) -> torch.dtype:
+        """The manager's dtype, or the model's preferred half precision (bf16 for Wan, LTX, CogVideoX)
+        when DTYPE=auto picked half precision on a GPU that supports it."""
+        if self.settings.dtype != "auto" or self.dtype == torch.float32:
+            return self.dtype
+        if spec.dtype == "bf16" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return self.dtype
 
     def device_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -174,19 +191,15 @@ class PipelineManager:
                 self.unload(old)
             t0 = time.perf_counter()
             pipe = self._from_pretrained(spec)
-            if spec.scheduler:
-                pipe.scheduler = _scheduler_class(spec).from_config(pipe.scheduler.config)
+            if spec.scheduler or spec.scheduler_options:
+                cls = _scheduler_class(spec) if spec.scheduler else type(pipe.scheduler)
+                pipe.scheduler = cls.from_config(pipe.scheduler.config, **spec.scheduler_options)
             pipe.set_progress_bar_config(disable=True)
             mode = self._mode_override.get(model_id) or self._choose_mode(spec)
             self._apply_mode(pipe, spec, mode)
-            params = inspect.signature(pipe.__call__).parameters
-            resident = _Resident(
-                spec=spec,
-                pipe=pipe,
-                mode=mode,
-                accepts=frozenset(params),
-                var_kwargs=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()),
-            )
+            resident = _Resident(spec=spec, pipe=pipe, mode=mode, signature=families.CallSignature.of(pipe))
+            if self.settings.preview_every_steps:
+                resident.previewer = LatentPreviewer.fit(spec.pipeline, pipe)
             self._resident[model_id] = resident
             self._publish()
             log.info(
@@ -195,7 +208,7 @@ class PipelineManager:
                 spec.repo_id,
                 spec.pipeline,
                 self.device,
-                self.dtype_name,
+                _dtype_name(self.dtype_for(spec)),
                 mode,
                 time.perf_counter() - t0,
             )
@@ -230,8 +243,9 @@ class PipelineManager:
         cache_dir = self.settings.model_cache_dir
         source: Any = ensure_tiny(spec.id, cache_dir) if spec.tiny else spec.repo_id
         token = self.settings.hf_token.get_secret_value() if self.settings.hf_token else None
+        dtype = self.dtype_for(spec)
         kwargs: dict[str, Any] = {
-            "dtype": self.dtype,
+            "dtype": dtype,
             "cache_dir": str(cache_dir),
             "token": token,
             "local_files_only": self.settings.hf_offline or spec.tiny,
@@ -240,8 +254,9 @@ class PipelineManager:
             kwargs["revision"] = spec.revision
         if spec.has_safety_checker and not self.settings.safety_checker:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
-        use_variant = spec.variant is not None and self.device == "cuda" and self.dtype == torch.float16
+        use_variant = spec.variant is not None and self.device == "cuda" and dtype == torch.float16
         try:
+            kwargs.update(load_components(spec, {k: v for k, v in kwargs.items() if k != "revision"}))
             try:
                 return cls.from_pretrained(source, variant=spec.variant if use_variant else None, **kwargs)
             except (OSError, ValueError) as exc:
@@ -252,7 +267,7 @@ class PipelineManager:
         except ModelUnavailable:
             raise
         except Exception as exc:
-            raise _unavailable(spec, exc, self.settings) from exc
+            raise unavailable(spec, exc, self.settings) from exc
 
     # -- memory modes ----------------------------------------------------------------------
 
@@ -342,7 +357,7 @@ class PipelineManager:
                 )
             pipe = resident.pipe
             total = request.steps
-            state = {"count": 0, "last": 0.0}
+            state = {"count": 0, "last": 0.0, "preview": 0.0}
             every = self.settings.preview_every_steps
 
             def step(latents: Any) -> None:
@@ -353,7 +368,9 @@ class PipelineManager:
                 state["last"] = time.perf_counter()
                 preview = None
                 if on_step is not None and every and n % every == 0 and n < total and latents is not None:
-                    preview = latents_to_preview(latents)
+                    t_preview = time.perf_counter()
+                    preview = resident.preview(latents, request)
+                    state["preview"] += time.perf_counter() - t_preview
                 info = StepInfo(step=n, total=total, preview=preview)
                 for hook in list(self.step_hooks):
                     hook(info)
@@ -363,7 +380,7 @@ class PipelineManager:
                     log.info("cancelled %s at step %d/%d", request.model, n, total)
                     raise GenerationCancelled(f"Cancelled after step {n} of {total}.")
 
-            kwargs = self._call_kwargs(resident, request, step)
+            kwargs = families.call_kwargs(resident.spec.pipeline, resident.signature, request, step)
             t0 = time.perf_counter()
             state["last"] = t0
             try:
@@ -383,6 +400,8 @@ class PipelineManager:
             "decode": t_end - state["last"] if state["count"] else 0.0,
         }
         timings["total"] = load_s + t_end - t0
+        #: part of denoise: latent previews (the VAE calibration on a model's first preview included)
+        timings["preview"] = state["preview"]
         output = GenerationOutput(
             kind=request.kind,
             request=request,
@@ -414,44 +433,6 @@ class PipelineManager:
         )
         return output
 
-    def _call_kwargs(
-        self, resident: _Resident, request: GenerationRequest, step: Callable[[Any], None]
-    ) -> dict:
-        generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        kwargs: dict[str, Any] = {
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt,
-            "num_inference_steps": request.steps,
-            "guidance_scale": request.guidance,
-            "width": request.width,
-            "height": request.height,
-            "generator": generator,
-        }
-        if isinstance(request, VideoRequest):
-            kwargs["num_frames"] = request.frames
-            kwargs["output_type"] = "np"
-        else:
-            kwargs["output_type"] = "pil"
-        if "callback_on_step_end" in resident.accepts:
-
-            def on_step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-                step(callback_kwargs.get("latents"))
-                return callback_kwargs
-
-            kwargs["callback_on_step_end"] = on_step_end
-        elif "callback" in resident.accepts:
-            # TextToVideoSDPipeline (deprecated) only has the old-style callback
-            kwargs["callback"] = lambda i, t, latents: step(latents)
-            kwargs["callback_steps"] = 1
-        else:
-            log.debug("%s has no step callback: no progress or cancel", resident.spec.pipeline)
-        if not resident.var_kwargs:
-            dropped = sorted(k for k in kwargs if k not in resident.accepts)
-            if dropped:
-                log.debug("%s does not take %s", resident.spec.pipeline, ", ".join(dropped))
-            kwargs = {k: v for k, v in kwargs.items() if k in resident.accepts}
-        return kwargs
-
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -467,6 +448,10 @@ def _frames_to_uint8(frames: Any) -> list[np.ndarray]:
     else:
         items = list(frames[0]) if frames and isinstance(frames[0], list | tuple) else list(frames)
     return [to_rgb_uint8(f.convert("RGB") if isinstance(f, Image.Image) else f) for f in items]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _DTYPES.items()}[dtype]
 
 
 def _scheduler_class(spec: ModelSpec) -> Any:
@@ -506,75 +491,3 @@ def _quiet_library_progress_bars() -> None:
         tlog.disable_progress_bar()
     except Exception:  # pragma: no cover - cosmetic
         log.debug("could not disable library progress bars", exc_info=True)
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        chain.append(current)
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-def _unavailable(spec: ModelSpec, exc: BaseException, settings: GenerationSettings) -> ModelUnavailable:
-    """Turn a loading failure into a message that names the setting to change."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    repo = spec.repo_id
-    chain = _causes(exc)
-    text = " ".join(str(e) for e in chain).lower()
-    has_token = settings.hf_token is not None
-    log.warning("could not load %s (%s): %s", spec.id, repo, exc)
-
-    def any_of(*types: type[BaseException]) -> bool:
-        return any(isinstance(e, types) for e in chain)
-
-    if any_of(GatedRepoError) or "gated" in text:
-        if has_token:
-            return ModelUnavailable(
-                f"The HF_TOKEN account has no access to the gated repo {repo}: accept its licence at "
-                f"https://huggingface.co/{repo} with that account, or set HF_TOKEN to one that has."
-            )
-        return ModelUnavailable(
-            f"{repo} is a gated repo: set HF_TOKEN to a Hugging Face token of an account that "
-            f"accepted its licence at https://huggingface.co/{repo}."
-        )
-    if any_of(RevisionNotFoundError):
-        return ModelUnavailable(f"{repo} has no revision {spec.revision!r}; fix 'revision' in EXTRA_MODELS.")
-    if any_of(RepositoryNotFoundError) or "401" in text or "repository not found" in text:
-        hint = "" if has_token else " (if it is private, set HF_TOKEN)"
-        return ModelUnavailable(
-            f"Model repo {repo} was not found on the Hugging Face hub{hint}; check the repo id "
-            f"(EXTRA_MODELS) or pick another model with IMAGE_MODEL / VIDEO_MODEL."
-        )
-    offline = any_of(LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError) or any(
-        word in text for word in ("connect", "offline", "not fully cached", "name or service", "timed out")
-    )
-    if offline:
-        how = (
-            "HF_OFFLINE=true forbids downloads"
-            if settings.hf_offline
-            else "the Hugging Face hub could not be reached"
-        )
-        return ModelUnavailable(
-            f"Model {spec.id} ({repo}) is not in MODEL_CACHE_DIR={settings.model_cache_dir} and {how}: "
-            "connect to the internet once (HF_OFFLINE=false) or point MODEL_CACHE_DIR at a cache "
-            "that holds it."
-        )
-    if isinstance(exc, MemoryError) or "out of memory" in text:
-        return ModelUnavailable(
-            f"Not enough memory to load {spec.id}: try MEMORY_MODE=offload or sequential, or DTYPE=fp16."
-        )
-    return ModelUnavailable(
-        f"Could not load model {spec.id} ({repo}): {type(exc).__name__}: {str(exc)[:200]}. "
-        "Check MODEL_CACHE_DIR, HF_TOKEN and the model's repo id."
-    )

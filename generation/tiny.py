@@ -25,7 +25,15 @@ log = logging.getLogger(__name__)
 
 #: bump when the architecture or vocabulary changes, so stale caches are rebuilt, not reused
 TINY_VERSION = 1
-TINY_MODELS = ("tiny-image", "tiny-video")
+TINY_MODELS = (
+    "tiny-image",
+    "tiny-video",
+    "tiny-sdxl",
+    "tiny-wan",
+    "tiny-wan-i2v",
+    "tiny-ltx",
+    "tiny-cogvideox",
+)
 _MARKER = "tiny-build.json"
 #: building seeds torch's global RNG: two builds in one process must not interleave
 _BUILD_LOCK = threading.Lock()
@@ -186,6 +194,16 @@ def build_tiny_pipeline(model_id: str) -> Any:
     """Build the twin in memory (fp32, CPU), identical on every machine for a given torch."""
     import torch
 
+    from generation import tiny_families
+
+    transformer_era = {
+        "tiny-wan": lambda: tiny_families.build_wan(image_to_video=False),
+        "tiny-wan-i2v": lambda: tiny_families.build_wan(image_to_video=True),
+        "tiny-ltx": tiny_families.build_ltx,
+        "tiny-cogvideox": tiny_families.build_cogvideox,
+    }
+    if model_id in transformer_era:
+        return transformer_era[model_id]()
     tokenizer = _tokenizer()
     text_encoder = _text_encoder(len(tokenizer))
     vae = _vae()
@@ -234,4 +252,6 @@ def build_tiny_pipeline(model_id: str) -> Any:
         return TextToVideoSDPipeline(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler()
         )
+    if model_id == "tiny-sdxl":
+        return tiny_families.build_sdxl(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae)
     raise ValueError(f"no tiny twin named {model_id!r}")

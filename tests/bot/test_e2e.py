@@ -144,6 +144,31 @@ async def test_video_posts_a_playable_h264_mp4(running_bot: BotProcess) -> None:
         assert b'"nb_frames": "16"' in probe.stdout
 
 
+async def test_video_on_wan_snaps_the_frame_count_tells_the_member_and_delivers_it(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    interaction = await ask(
+        bot, "video", {"prompt": "a paper boat", "model": "tiny-wan", "frames": 10, "steps": 2}, user="bob"
+    )
+    reply = await private_reply(interaction)
+    assert "tiny-wan makes 4k+1 frames: using 9 (asked 10)." in reply.content
+    short = QUEUED.search(reply.content).group(1)  # type: ignore[union-attr]
+    message = await result_message(bot, short)
+    mp4 = message.attachment
+    assert mp4 is not None and mp4.filename.endswith(".mp4")
+    fields = {f["name"]: f["value"] for f in message.embed["fields"]}
+    assert fields["Model"] == "tiny-wan" and fields["Frames"] == "9 @ 16 fps"
+    if shutil.which("ffprobe"):
+        probe = subprocess.run(  # noqa: ASYNC221 - a test reading a file it holds, nothing else waits
+            ["ffprobe", "-v", "error", "-show_streams", "-of", "json", "-"],
+            input=mp4.data,
+            capture_output=True,
+            check=True,
+        )
+        assert b'"codec_name": "h264"' in probe.stdout and b'"nb_frames": "9"' in probe.stdout
+
+
 async def test_progress_is_edited_no_more_than_every_two_seconds_and_heartbeats_stay_on_time(
     running_bot: BotProcess,
 ) -> None:

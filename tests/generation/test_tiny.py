@@ -18,6 +18,13 @@ log = logging.getLogger(__name__)
 FINGERPRINTS = {
     "tiny-image": {"unet": 37836.7466, "vae": 4199.0563, "text_encoder": 2287.3059},
     "tiny-video": {"unet": 23273.5092, "vae": 4199.0563, "text_encoder": 2287.3059},
+    "tiny-sdxl": {
+        "unet": 39750.2175, "vae": 4199.0563, "text_encoder": 2287.3059, "text_encoder_2": 2433.1472
+    },
+    "tiny-wan": {"transformer": 2463.7649, "vae": 3020.5775, "text_encoder": 5278.5612},
+    "tiny-wan-i2v": {"transformer": 2854.2387, "vae": 4258.4958, "text_encoder": 5278.5612},
+    "tiny-ltx": {"transformer": 2632.1944, "vae": 3392.8655, "text_encoder": 4906.2880},
+    "tiny-cogvideox": {"transformer": 1753.7693, "vae": 2936.4286, "text_encoder": 4906.2880},
 }
 
 
