@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from generation.scaleout import ScaleoutSettings
 
@@ -38,6 +38,10 @@ class Settings(ScaleoutSettings):
     lease_s: float = 60.0
     progress_edit_interval_s: float = 2.0
 
+    # moderation: words or `re:` patterns refused in every prompt, from every server, DMs and the
+    # REST API; each server adds its own with /admin blocklist
+    prompt_blocklist: list[str] = Field(default_factory=list)
+
     # web server
     web_host: str = "127.0.0.1"
     web_port: int = 8080
@@ -51,3 +55,15 @@ class Settings(ScaleoutSettings):
 
     # scale-out: QUEUE_URL and the worker knobs are in generation.scaleout.ScaleoutSettings,
     # which the workers (python -m generation.worker) read too
+
+    @field_validator("prompt_blocklist")
+    @classmethod
+    def _valid_patterns(cls, entries: list[str]) -> list[str]:
+        """Entries as /admin blocklist stores them; a bad regular expression stops the start-up."""
+        from bot.core.moderation import validate_pattern  # the one rule for blocklist entries
+        from generation.errors import InvalidRequest
+
+        try:
+            return [validate_pattern(entry) for entry in entries]
+        except InvalidRequest as exc:
+            raise ValueError(f"PROMPT_BLOCKLIST: {exc.message}") from None

@@ -1,16 +1,19 @@
-"""The server's rules a Discord request passes before it is queued: channels and blocklist.
+"""The rules every prompt passes before it is queued, whichever way it comes in.
 
-Bans, quotas and queue limits are the queue's (they apply to REST callers too).
+One :class:`Moderator` serves the Discord commands and the REST API alike: the bot-wide
+blocklist (``PROMPT_BLOCKLIST``) applies everywhere, and a request made inside a server also
+passes that server's channel allow-list, NSFW-only mode and blocklist. Bans, quotas and queue
+limits are the queue's (:mod:`bot.core.queue.limits`), which every way in goes through too.
 
-Kept apart from the cogs so the REST API and the Discord commands enforce the same rules,
-and so each rule can be tested without Discord. Every refusal is a `UserError` whose
-message tells the member what happened without leaking the blocklist itself.
+Each rule can be tested without Discord. Every refusal is a `UserError` whose message tells
+the member what happened without leaking the blocklist itself.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -77,21 +80,30 @@ def blocked_by(text: str, blocklist: list[str]) -> str | None:
 
 
 class Moderator:
-    """Applies a guild's channel allow-list, NSFW-only mode and blocklist."""
+    """Applies the bot-wide blocklist, and inside a server its channels, NSFW-only mode and blocklist."""
 
-    def __init__(self, *, store: Store) -> None:
+    def __init__(self, *, store: Store, blocklist: Sequence[str] = ()) -> None:
         self._store = store
+        self._blocklist = list(blocklist)
 
     async def check(self, ctx: RequestContext, *, prompt: str, negative_prompt: str | None) -> None:
+        """Raise the UserError to show if the request may not be queued here."""
+        self._check_words(self._blocklist, ctx, prompt, negative_prompt, owner="this bot")
         if ctx.guild_id is None:
             return
         guild = await self._store.get_guild_settings(ctx.guild_id)
         self._check_channel(guild, ctx)
+        self._check_words(guild.blocklist, ctx, prompt, negative_prompt, owner="this server")
+
+    @staticmethod
+    def _check_words(
+        blocklist: list[str], ctx: RequestContext, prompt: str, negative_prompt: str | None, *, owner: str
+    ) -> None:
         # the negative prompt is shown publicly in the result embed, so it is checked too
-        entry = blocked_by(prompt, guild.blocklist) or blocked_by(negative_prompt or "", guild.blocklist)
+        entry = blocked_by(prompt, blocklist) or blocked_by(negative_prompt or "", blocklist)
         if entry is not None:
-            log.info("prompt from %s blocked in guild %s", ctx.user_id, ctx.guild_id)
-            raise PromptBlocked("Your prompt contains a word or phrase this server does not allow.")
+            log.info("prompt from %s blocked (%s, guild %s)", ctx.user_id, owner, ctx.guild_id)
+            raise PromptBlocked(f"Your prompt contains a word or phrase {owner} does not allow.")
 
     @staticmethod
     def _check_channel(guild: GuildSettings, ctx: RequestContext) -> None:

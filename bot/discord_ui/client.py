@@ -96,7 +96,7 @@ class ImagineBot(commands.Bot):
         self.store = store
         self.queue = queue
         self.registry = registry
-        self.moderator = Moderator(store=store)
+        self.moderator = Moderator(store=store, blocklist=settings.prompt_blocklist)
         self.actions = Actions(self)
         self.delivery = DiscordDelivery(bot=self, link_for=link_for)
         self._health = health

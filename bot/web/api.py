@@ -1,8 +1,9 @@
-"""REST API v1: the seed's Postman-able backend, served by the same queue and worker as Discord.
+"""REST API v1: a Postman-able backend, served by the same queue and worker as Discord.
 
 A REST caller is a user like any member: its jobs go through the same validation
-(`generation.params.validate_request`), the same fair queue with its per-user limits and
-quotas, and the same request log, as `user_id = "api:<key name>"`. A key sees and cancels
+(`generation.params.validate_request`), the same moderation (`bot.core.moderation`, the
+bot-wide rules, since a caller is outside any server), the same fair queue with its per-user
+limits and quotas, and the same request log, as `user_id = "api:<key name>"`. A key sees and cancels
 only its own jobs; someone else's job id answers 404, exactly like an unknown one, so ids
 cannot be probed.
 """
@@ -20,9 +21,18 @@ from aiohttp import web
 
 from bot.core import metrics
 from bot.core.jobs import Job, JobState, Source
+from bot.core.moderation import RequestContext
 from bot.web.auth import ApiCaller
 from bot.web.errors import ApiError
-from bot.web.keys import CALLER_KEY, KEYS_KEY, QUEUE_KEY, REGISTRY_KEY, SETTINGS_KEY, STORE_KEY
+from bot.web.keys import (
+    CALLER_KEY,
+    KEYS_KEY,
+    MODERATOR_KEY,
+    QUEUE_KEY,
+    REGISTRY_KEY,
+    SETTINGS_KEY,
+    STORE_KEY,
+)
 from bot.web.media import media_type
 from bot.web.openapi import FIELD_TYPES, openapi_handler, request_fields
 from generation.errors import InvalidRequest
@@ -75,6 +85,9 @@ async def _create(request: web.Request, *, kind: str) -> web.Response:
     caller = await authorize(request)
     body = await _json_object(request)
     job = _build_job(request, caller=caller, kind=kind, body=body)
+    # the same rules as /imagine; a REST caller is outside any server, so the bot-wide ones
+    ctx = RequestContext(user_id=caller.user_id, guild_id=None, channel_id=None)
+    await request.app[MODERATOR_KEY].check(ctx, prompt=job.prompt, negative_prompt=job.negative_prompt)
     submitted = await request.app[QUEUE_KEY].submit(job)
     job = submitted.job
     metrics.API_JOBS_SUBMITTED.labels(key=caller.key_name, kind=kind).inc()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bot.core import metrics
+from bot.core.moderation import Moderator
 from bot.web import api, downloads, status_page
 from bot.web.auth import ApiKeys
 from bot.web.errors import error_middleware
@@ -24,6 +25,7 @@ from bot.web.keys import (
     BUSY_KEY,
     CHECKS_KEY,
     KEYS_KEY,
+    MODERATOR_KEY,
     POSTERS_KEY,
     QUEUE_KEY,
     REGISTRY_KEY,
@@ -72,6 +74,7 @@ def create_web_app(
     app[QUEUE_KEY] = queue
     app[REGISTRY_KEY] = registry
     app[KEYS_KEY] = ApiKeys(settings.api_keys)
+    app[MODERATOR_KEY] = Moderator(store=store, blocklist=settings.prompt_blocklist)
     app[SIGNER_KEY] = signer or LinkSigner.from_settings(settings)
     app[POSTERS_KEY] = PosterIndex(results_dir=settings.results_dir)
     listener = metrics.QueueMetrics()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bot.core.metrics import BusyTracker
+from bot.core.moderation import Moderator
 from bot.web.auth import ApiCaller, ApiKeys
 from bot.web.links import LinkSigner
 from bot.web.media import PosterIndex
@@ -25,6 +26,7 @@ STORE_KEY: web.AppKey[Store] = web.AppKey("store")
 QUEUE_KEY: web.AppKey[Any] = web.AppKey("queue")
 REGISTRY_KEY: web.AppKey[Mapping[str, ModelSpec]] = web.AppKey("registry")
 KEYS_KEY = web.AppKey("api_keys", ApiKeys)
+MODERATOR_KEY = web.AppKey("moderator", Moderator)
 SIGNER_KEY = web.AppKey("signer", LinkSigner)
 POSTERS_KEY = web.AppKey("posters", PosterIndex)
 BUSY_KEY = web.AppKey("busy", BusyTracker)

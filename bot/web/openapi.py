@@ -21,7 +21,7 @@ from generation.params import ASPECTS, MAX_PROMPT_CHARS, MAX_SEED
 log = logging.getLogger(__name__)
 
 ERROR_CODES_DOC = (
-    "invalid_request, invalid_json, model_unavailable, unauthorized, banned, job_not_found, "
+    "invalid_request, invalid_json, model_unavailable, prompt_blocked, unauthorized, banned, job_not_found, "
     "already_finished, not_ready, gone, too_many_queued, quota_exceeded, queue_full, queue_paused, "
     "store_unavailable, ..."
 )
@@ -214,7 +214,8 @@ def build_openapi(
     video_specs = [s for s in registry.values() if s.kind == "video"]
     submit_errors = {
         "400": _error_response(
-            "A parameter is out of range or malformed (the message names it), or bad JSON."
+            "A parameter is out of range or malformed (the message names it), bad JSON, or the prompt "
+            "contains a word the bot does not allow (prompt_blocked)."
         ),
         **AUTH_ERRORS,
         "415": _error_response("The body is not sent as application/json."),
