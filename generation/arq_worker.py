@@ -6,7 +6,7 @@ behave alike) and then serves arq jobs from the bot's queue. It needs no Discord
 returns encoded files, and the bot delivers them.
 
 What arq does for us, unchanged: the queue (a sorted set), unique job ids, one run per job
-(``max_tries=1``: a re-run after a lost worker is a new job the bot's scheduler decides on, with
+(``max_tries=1``: a re-run after a lost worker is a new job the bot's queue decides on, with
 the attempt counted in its store), ``job_timeout`` as a backstop behind the GPU thread's own
 timeout, aborts (the bot's cancel), results with expiry, and its health-check key.
 

@@ -47,7 +47,7 @@ class ScaleoutSettings(GenerationSettings):
 
     # redis://host:6379/0 switches the bot's execution to arq workers; the workers need it too
     queue_url: str | None = None
-    # prefix of every key we add and of arq's queue name; one bot (scheduler) per prefix
+    # prefix of every key we add and of arq's queue name; one bot (its fair queue) per prefix
     queue_name: str = "imagine"
     # a worker beats every 1/5 of this and is taken for dead when silent for 4/5 of it,
     # so a vanished worker is noticed (and its job re-run) within this many seconds

@@ -1,4 +1,4 @@
-"""The distributed executor: arq workers on Redis behind the scheduler's executor seam.
+"""The distributed executor: arq workers on Redis behind the queue's executor seam.
 
 With ``QUEUE_URL=redis://…`` the bot's :class:`bot.core.queue.JobQueue` keeps deciding who goes next
 (fairness, quotas, positions, ETA, attempts, all in the store) and this executor only carries the
@@ -22,7 +22,7 @@ heartbeats and arq's keys of every job it handed over, so that:
 
 - a worker that vanished (no heartbeat for ``heartbeat_ttl_s``) is noticed within
   ``WORKER_HEALTH_CHECK_S``; its job is taken back from arq and reported as
-  ``Outcome(retryable=True)``, and the scheduler re-runs it once on another worker, with the
+  ``Outcome(retryable=True)``, and the queue re-runs it once on another worker, with the
   attempt counted in the store;
 - a job Redis forgot (a restart without persistence) is enqueued again under the same id, unless
   a live worker says it is still running it; verdicts wait until Redis has been reachable (the
@@ -121,7 +121,7 @@ def arq_job_id(job: Job) -> str:
 
 
 class ArqExecutor:
-    """Runs the scheduler's jobs on arq workers; see the module docstring."""
+    """Runs the queue's jobs on arq workers; see the module docstring."""
 
     name = "arq"
 
@@ -185,7 +185,7 @@ class ArqExecutor:
         self._stopping = True
         deadline = time.monotonic() + timeout_s
         lost: list[str] = []
-        # jobs no GPU has started go back to the scheduler's queue without losing a try
+        # jobs no GPU has started go back to the bot's fair queue without losing a try
         for h in list(self._handed.values()):
             if h.phase == JobPhase.ENQUEUED and not h.collecting:
                 with contextlib.suppress(*REDIS_DOWN):
@@ -325,7 +325,7 @@ class ArqExecutor:
             await pipe.execute()
 
     async def _purge_stale(self) -> None:
-        """Jobs a previous bot process left in arq's queue: the scheduler re-runs them from the
+        """Jobs a previous bot process left in arq's queue: the bot's queue re-runs them from the
         store under new ids, so take back those not started and abort those running."""
         redis = self._redis()
         ids = [_text(i) for i in await redis.zrange(self.keys.queue, 0, -1)]
@@ -453,7 +453,7 @@ class ArqExecutor:
                 return Outcome(state=JobState.CANCELLED, error="Cancelled.")
             if isinstance(value, JobExecutionFailed):
                 # arq gave up on this dispatch without running it to an end (its worker stopped
-                # mid-job, or the job expired): the scheduler decides on a new try
+                # mid-job, or the job expired): the queue decides on a new try
                 log.warning("job %s: arq gave up on it (%s)", job.id, value)
                 return Outcome(state=JobState.FAILED, retryable=True, error=LOST)
             if isinstance(value, TimeoutError):
@@ -650,7 +650,7 @@ class ArqExecutor:
 
     async def _worker_lost(self, h: _Handed, worker: str) -> None:
         log.warning(
-            "job %s: worker %s stopped (no heartbeat for %.1fs); the scheduler re-runs the job",
+            "job %s: worker %s stopped (no heartbeat for %.1fs); the queue re-runs the job",
             h.job.id,
             worker,
             self.settings.heartbeat_ttl_s,

@@ -1,8 +1,8 @@
-"""The seam between the scheduler and whatever runs jobs: one Protocol, and the in-process default.
+"""The seam between the queue and whatever runs jobs: one Protocol, and the in-process default.
 
-The scheduler (:mod:`bot.core.queue`) decides *which* job runs next and owns every record in the
-store; an :class:`Executor` only *runs* what it is handed and reports back. The shape follows
-arq's worker: the scheduler claims a job (a lease in the store), calls
+The queue (:mod:`bot.core.queue`, by :mod:`bot.core.fair_order`) decides *which* job runs next
+and owns every record in the store; an :class:`Executor` only *runs* what it is handed and
+reports back. The shape follows arq's worker: the queue claims a job (a lease in the store), calls
 :meth:`Executor.execute` when :meth:`Executor.free_slots` says there is room, and hears
 ``job_started``, ``job_progress``, ``slot_free`` and exactly one ``job_finished`` through the
 :class:`ExecutionSink` it gave to :meth:`Executor.start`. Nothing in the contract assumes the
@@ -10,7 +10,7 @@ worker shares the bot's process: a distributed executor (arq on Redis) implement
 five methods, reports from its own tasks, and returns results as files the bot can read.
 
 Sink methods are plain functions that must be called on the event loop's thread
-(``loop.call_soon_threadsafe`` from anywhere else); the scheduler does its own I/O after them.
+(``loop.call_soon_threadsafe`` from anywhere else); the queue does its own I/O after them.
 
 :class:`InProcessExecutor` is the embedded default: a :class:`generation.worker.GPUWorker`
 thread for the device and one encode thread, so encoding job k overlaps generating job k+1.
@@ -48,7 +48,7 @@ class Outcome:
     """How a job ended on its executor.
 
     `error` is safe to show the member. `retryable` means the job never really ran to an end
-    (its worker vanished): the scheduler re-queues it while tries are left.
+    (its worker vanished): the queue re-queues it while tries are left.
     """
 
     state: JobState
@@ -94,7 +94,7 @@ class ExecutionSink(Protocol):
 
 @runtime_checkable
 class Executor(Protocol):
-    """Runs claimed jobs. The scheduler never assumes where."""
+    """Runs claimed jobs. The queue never assumes where."""
 
     name: str
 
@@ -124,7 +124,7 @@ class InProcessExecutor:
     """The GPU thread of this process, plus one encode thread for PNG/MP4 and disk writes.
 
     A slot is free when the GPU thread is idle, or when its job has done its last denoising step
-    (only the VAE decode is left) and no other job waits: the scheduler then claims the next
+    (only the VAE decode is left) and no other job waits: the queue then claims the next
     job during the decode (a durable store write, milliseconds on a busy disk) and the GPU
     thread starts it the moment the current one ends. No slot is offered while
     `max_encode_backlog` results wait for encoding, so a slow disk cannot make finished frames
@@ -411,7 +411,7 @@ class InProcessExecutor:
 
 
 def call_sink(sink: ExecutionSink | None, method: str, *args: Any, **kwargs: Any) -> None:
-    """Report to the scheduler (on the loop); a failing sink is logged, never raised into the
+    """Report to the queue (on the loop); a failing sink is logged, never raised into the
     executor's own bookkeeping."""
     if sink is None:
         return
