@@ -1,9 +1,9 @@
 """The real-MongoDB leg: which tests ran on `MONGODB_TEST_URI`, and the known deviations of the
 test server from mongod.
 
-A test runs on the real server when it is the `mongodb` case of the parametrized store fixtures
-(tests/store/conftest.py) or carries `@pytest.mark.real_mongodb`. The terminal summary counts their
-outcomes, so CI output shows that the leg ran rather than skipped.
+A test runs on the real server when it is the `mongodb` case of a parametrized fixture (the store
+fixtures of tests/store/conftest.py) or carries `@pytest.mark.real_mongodb`. The terminal summary
+counts their outcomes, so CI output shows that the leg ran rather than skipped.
 
 CI serves MongoDB's wire protocol with SecantusDB (a beta server on WiredTiger; no mongod can be
 installed on these machines). Where it answers differently from mongod, the test carries
@@ -25,7 +25,6 @@ import pytest
 log = logging.getLogger(__name__)
 
 MONGODB_TEST_URI = os.environ.get("MONGODB_TEST_URI", "").strip()
-_STORE_FIXTURES = ("store_backend", "store")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,7 +64,7 @@ def runs_on_real_server(item: pytest.Item) -> bool:
     if item.get_closest_marker("real_mongodb"):
         return True
     callspec = getattr(item, "callspec", None)
-    return callspec is not None and any(callspec.params.get(name) == "mongodb" for name in _STORE_FIXTURES)
+    return callspec is not None and "mongodb" in callspec.params.values()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

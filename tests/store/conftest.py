@@ -45,6 +45,7 @@ class Backend:
         self.tmp_path = tmp_path
         self.db_name = f"imaginebot_test_{uuid.uuid4().hex[:12]}"
         self._stores: list[Store] = []
+        self._databases: set[str] = set()
         # every Mongo store of one backend shares the backend's client, as the bot's stores share
         # the one they are handed; the store never closes it, the backend does at the end
         self._client: Any = None
@@ -53,22 +54,25 @@ class Backend:
         elif kind == "mongodb":
             self._client = make_client(MONGODB_TEST_URI)
 
-    def make(self) -> Store:
-        """An unopened store on this backend's database."""
+    def make(self, *, other: str = "") -> Store:
+        """An unopened store on this backend's database (`other`: on a second, separate one)."""
         store: Store
+        db_name = f"{self.db_name}_{other}" if other else self.db_name
+        path = self.tmp_path / "data" / (f"{other}.db" if other else "bot.db")
         if self.kind == "sqlite":
-            store = SQLiteStore(path=self.tmp_path / "data" / "bot.db")
+            store = SQLiteStore(path=path)
         elif self.kind == "sqlite-buffered":
-            store = BufferedStore(SQLiteStore(path=self.tmp_path / "data" / "bot.db"), max_items=100)
+            store = BufferedStore(SQLiteStore(path=path), max_items=100)
         elif self.kind == "mongomock":
-            store = mongomock_store(client=self._client, db_name=self.db_name)
+            store = mongomock_store(client=self._client, db_name=db_name)
         else:
-            store = MongoStore(client=self._client, db_name=self.db_name, write_concern="majority")
+            store = MongoStore(client=self._client, db_name=db_name, write_concern="majority")
+            self._databases.add(db_name)
         self._stores.append(store)
         return store
 
-    async def new_store(self) -> Store:
-        store = self.make()
+    async def new_store(self, *, other: str = "") -> Store:
+        store = self.make(other=other)
         await store.open()
         return store
 
@@ -77,8 +81,8 @@ class Backend:
             await store.close()
         if self.kind == "mongodb":
             try:
-                if self._stores:
-                    await self._client.drop_database(self.db_name)
+                for db_name in self._databases:
+                    await self._client.drop_database(db_name)
             finally:
                 self._client.close()
 

@@ -20,7 +20,7 @@ import logging
 import re
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,9 @@ NsfwPolicy = Literal["block", "allow_in_nsfw_channels", "allow"]
 NSFW_POLICIES: tuple[str, ...] = ("block", "allow_in_nsfw_channels", "allow")
 
 FINAL_STATES: frozenset[JobState] = frozenset(s for s in JobState if s.is_final)
+
+#: everything a store keeps, in the order `python -m bot.store migrate` copies it
+COLLECTIONS: tuple[str, ...] = ("jobs", "users", "guild_settings", "audit", "meta")
 
 #: Job fields a caller may change through update_job / finish_job (the id never changes).
 JOB_FIELDS: frozenset[str] = frozenset(f.name for f in fields(Job))
@@ -197,6 +200,12 @@ def check_job_changes(changes: dict[str, Any]) -> dict[str, Any]:
             value = JobState(value)
         out[key] = value
     return out
+
+
+def check_collection(collection: str) -> str:
+    if collection not in COLLECTIONS:
+        raise ValueError(f"unknown collection {collection!r}: one of {', '.join(COLLECTIONS)}")
+    return collection
 
 
 def check_guild_changes(changes: dict[str, Any]) -> dict[str, Any]:
@@ -392,6 +401,31 @@ class Store(ABC):
         Usage counters are reset; ban and quota stay (moderation must survive a deletion
         request), and audit entries stay (they record what admins did).
         """
+
+    # --- bulk copy between drivers (`python -m bot.store migrate`)
+    #
+    # A record travels as a plain dict every driver reads and writes: a job as `Job.to_dict()`, a
+    # member as the `UserRecord` fields, an audit entry as `AuditEntry.to_dict()`, a guild's
+    # settings as `guild_id` plus every stored key (known to `GuildSettings` or not), meta as
+    # `key` and `value`. Times are tz-aware UTC datetimes. The schema version is the store's own
+    # bookkeeping: each store records its own at `open()`, so it is not a record.
+
+    @abstractmethod
+    async def count_records(self, collection: str) -> int:
+        """How many records of `collection` (one of `COLLECTIONS`) the store holds."""
+
+    @abstractmethod
+    def export_records(
+        self, collection: str, *, batch_size: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every record of `collection`, in batches, jobs and audit entries oldest first (ties in
+        insertion order), the others by key."""
+
+    @abstractmethod
+    async def import_records(self, collection: str, records: Sequence[dict[str, Any]]) -> None:
+        """Write exported records, replacing any with the same key, so a repeated import changes
+        nothing. Records are appended in the order given (which orders ties in time). For a
+        migration, while nothing else writes to this store."""
 
     # --- conveniences with a portable default; drivers may override them with a faster query
 

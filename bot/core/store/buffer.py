@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -100,6 +100,19 @@ class BufferedStore(Store):
 
     async def schema_version(self) -> int:
         return await self.inner.schema_version()
+
+    # bulk copy: straight through (a migration runs with the bot stopped, nothing to buffer)
+
+    async def count_records(self, collection: str) -> int:
+        return await self.inner.count_records(collection)
+
+    def export_records(
+        self, collection: str, *, batch_size: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        return self.inner.export_records(collection, batch_size=batch_size)
+
+    async def import_records(self, collection: str, records: Sequence[dict[str, Any]]) -> None:
+        await self.inner.import_records(collection, records)
 
     # ----------------------------------------------------------------- buffering
 

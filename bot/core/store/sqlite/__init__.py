@@ -14,7 +14,8 @@ Why it is shaped this way:
 
 Modules, one job each: `connection` (open/close, statements, errors), `schema` (migrations),
 `rows` (record <-> row), `jobs` (queue state), `request_log` (queries), `moderation` (users,
-guild settings, audit, meta, deletion), `store` (the assembled `SQLiteStore`).
+guild settings, audit, meta, deletion), `bulk` (export/import for migrations), `store` (the
+assembled `SQLiteStore`).
 """
 
 from __future__ import annotations

@@ -123,6 +123,21 @@ class SQLiteConnection(Store):
         with self._guard():
             return list(await conn.execute_fetchall(sql, params))
 
+    async def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement over many rows in one transaction (one fsync). Only for a bulk import
+        while nothing else writes: another coroutine's write in between would join it."""
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("The database is not open.")
+        with self._guard():
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await conn.executemany(sql, rows)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+
     async def _fetch_jobs(self, sql: str, params: Sequence[Any] = ()) -> list[Job]:
         return [job_from_row(row) for row in await self._fetch(sql, params)]
 
