@@ -410,6 +410,70 @@ async def test_persistent_button_works_after_a_restart(fake: FakeDiscord, bot: D
         await stop_bot(restarted, task)
 
 
+# the bot's permissions per channel -----------------------------------------------------------
+
+SEND_ONLY = int(Perm.VIEW_CHANNEL | Perm.SEND_MESSAGES)
+
+
+async def test_channel_permissions_reach_interactions_and_discord_py(fake: FakeDiscord, bot: DemoBot) -> None:
+    everywhere = fake.bot_permissions(fake.guild.channel())
+    studio = fake.guild.add_channel("studio")
+    fake.set_bot_permissions(fake.guild.channel(), SEND_ONLY)
+    assert fake.bot_permissions(fake.guild.channel()) == SEND_ONLY
+
+    interaction = await fake.invoke_slash("post", {"size_kib": 1})
+    assert int(interaction.payload["app_permissions"]) == SEND_ONLY
+    reply = await interaction.wait_for_followup()  # the follow-up itself needs no channel permission
+    assert reply.content == "failed 403 50013" and fake.messages(include_ephemeral=False) == []
+
+    channel = bot.get_channel(fake.guild.channel().id)
+    await fake.wait_until(
+        lambda: channel.permissions_for(channel.guild.me).value == SEND_ONLY, what="the CHANNEL_UPDATE"
+    )
+    elsewhere = await fake.invoke_slash("queue cancel", {"job": 1}, channel=studio)
+    assert int(elsewhere.payload["app_permissions"]) == everywhere
+    await elsewhere.wait_for_response()
+
+
+async def test_history_needs_view_channel_and_shows_nothing_without_read_history(
+    fake: FakeDiscord, bot: DemoBot
+) -> None:
+    channel = bot.get_channel(fake.guild.channel().id)
+    await channel.send("one")
+    assert [m.content async for m in channel.history(limit=5)] == ["one"]
+
+    fake.set_bot_permissions(channel.id, SEND_ONLY)
+    assert [m async for m in channel.history(limit=5)] == []  # Discord answers 200 [] here
+
+    fake.set_bot_permissions(channel.id, 0)
+    with pytest.raises(discord.Forbidden) as caught:
+        [m async for m in channel.history(limit=5)]
+    assert (caught.value.status, caught.value.code) == (403, 50001)
+    with pytest.raises(discord.Forbidden) as caught:
+        await channel.send("cannot")
+    assert caught.value.code == 50001
+
+
+async def test_sending_needs_send_messages_and_embeds_need_embed_links(
+    fake: FakeDiscord, bot: DemoBot
+) -> None:
+    channel = bot.get_channel(fake.guild.channel().id)
+    fake.set_bot_permissions(channel.id, int(Perm.VIEW_CHANNEL | Perm.READ_MESSAGE_HISTORY))
+    with pytest.raises(discord.Forbidden) as caught:
+        await channel.send("no send")
+    assert caught.value.code == 50013
+
+    fake.set_bot_permissions(channel.id, SEND_ONLY)
+    sent = await channel.send("text stays", embed=discord.Embed(title="dropped"))
+    assert fake.message(sent.id).embeds == [] and fake.message(sent.id).content == "text stays"
+    with pytest.raises(discord.HTTPException) as caught:
+        await channel.send(embed=discord.Embed(title="only an embed"))
+    assert (caught.value.status, caught.value.code) == (400, 50006)
+    with pytest.raises(discord.Forbidden) as caught:
+        await channel.send("file", file=discord.File(io.BytesIO(b"x"), "x.txt"))
+    assert caught.value.code == 50013
+
+
 # Discord's failure modes ---------------------------------------------------------------------
 
 

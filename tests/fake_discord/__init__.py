@@ -22,6 +22,7 @@ from .models import (
     FakeMember,
     FakeRole,
     FakeUser,
+    Overwrite,
     Perm,
 )
 from .server import BOT_PERMISSIONS, FakeDiscord
@@ -52,6 +53,7 @@ __all__ = [
     "InvalidInteraction",
     "MessageVersion",
     "OptionType",
+    "Overwrite",
     "Perm",
     "Pings",
     "RecordedCall",

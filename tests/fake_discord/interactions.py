@@ -288,7 +288,7 @@ def base_payload(
         "attachment_size_limit": guild.filesize_limit if guild else 10 * MIB,
     }
     if guild is not None and member is not None:
-        permissions = guild.permissions_of(member)
+        permissions = guild.permissions_in(member, channel)
         payload.update(
             guild_id=str(guild.id),
             guild={"id": str(guild.id), "locale": guild.preferred_locale, "features": []},

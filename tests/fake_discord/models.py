@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import IntFlag
+from typing import ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ class Perm(IntFlag):
     ATTACH_FILES = 1 << 15
     READ_MESSAGE_HISTORY = 1 << 16
     MENTION_EVERYONE = 1 << 17
+    SEND_TTS_MESSAGES = 1 << 12
     USE_EXTERNAL_EMOJIS = 1 << 18
     MANAGE_ROLES = 1 << 28
+    MANAGE_WEBHOOKS = 1 << 29
     USE_APPLICATION_COMMANDS = 1 << 31
     MODERATE_MEMBERS = 1 << 40
     SEND_MESSAGES_IN_THREADS = 1 << 38
@@ -127,6 +130,22 @@ class FakeRole:
         }
 
 
+@dataclass
+class Overwrite:
+    """A channel permission overwrite for a role (type 0) or a member (type 1)."""
+
+    id: int
+    type: int
+    allow: int = 0
+    deny: int = 0
+
+    ROLE: ClassVar[int] = 0
+    MEMBER: ClassVar[int] = 1
+
+    def to_payload(self) -> dict:
+        return {"id": str(self.id), "type": self.type, "allow": str(self.allow), "deny": str(self.deny)}
+
+
 class ChannelType:
     TEXT = 0
     DM = 1
@@ -145,6 +164,7 @@ class FakeChannel:
     position: int = 0
     guild_id: int | None = None  # set when added to a guild
     recipient: FakeUser | None = None  # DM channels only
+    overwrites: list[Overwrite] = field(default_factory=list)
 
     @property
     def mention(self) -> str:
@@ -160,7 +180,7 @@ class FakeChannel:
             "guild_id": str(self.guild_id) if self.guild_id else None,
             "name": self.name,
             "position": self.position,
-            "permission_overwrites": [],
+            "permission_overwrites": [o.to_payload() for o in self.overwrites],
             "nsfw": self.nsfw,
             "parent_id": None,
         }
@@ -289,7 +309,7 @@ class FakeGuild:
         return channel
 
     def permissions_of(self, member: FakeMember) -> int:
-        """Guild-level permissions as Discord computes them (no channel overwrites)."""
+        """Guild-level permissions as Discord computes them (before channel overwrites)."""
         if self.owner is not None and member.user.id == self.owner.id:
             return ALL_PERMISSIONS
         value = int(self.everyone.permissions)
@@ -298,6 +318,49 @@ class FakeGuild:
         if value & Perm.ADMINISTRATOR:
             return ALL_PERMISSIONS
         return value
+
+    def permissions_in(self, member: FakeMember, channel: FakeChannel) -> int:
+        """Permissions in `channel`: Discord's overwrite order, then its implicit denials.
+
+        Order (developers/topics/permissions, "Permission Overwrites"): @everyone deny/allow,
+        role denies then allows, member deny/allow. Implicit: without View Channel nothing is
+        left; without Send Messages, Mention Everyone, TTS, Attach Files and Embed Links go too.
+        """
+        base = self.permissions_of(member)
+        if base == ALL_PERMISSIONS:
+            return base
+        by_id = {o.id: o for o in channel.overwrites}
+        value = base
+        everyone = by_id.get(self.id)
+        if everyone is not None:
+            value = (value & ~everyone.deny) | everyone.allow
+        allow = deny = 0
+        for role in member.roles:
+            found = by_id.get(role.id)
+            if found is not None and found.type == Overwrite.ROLE:
+                allow, deny = allow | found.allow, deny | found.deny
+        value = (value & ~deny) | allow
+        own = by_id.get(member.id)
+        if own is not None and own.type == Overwrite.MEMBER:
+            value = (value & ~own.deny) | own.allow
+        if not value & Perm.VIEW_CHANNEL:
+            return 0
+        if not value & Perm.SEND_MESSAGES:
+            value &= ~(Perm.MENTION_EVERYONE | Perm.SEND_TTS_MESSAGES | Perm.ATTACH_FILES | Perm.EMBED_LINKS)
+        return int(value)
+
+    def set_member_permissions(self, member: FakeMember, channel: FakeChannel, permissions: int) -> None:
+        """A member overwrite on `channel` that leaves `member` exactly `permissions` there."""
+        base = self.permissions_of(member)
+        channel.overwrites = [o for o in channel.overwrites if o.id != member.id]
+        channel.overwrites.append(
+            Overwrite(
+                id=member.id,
+                type=Overwrite.MEMBER,
+                allow=int(permissions) & ~base,
+                deny=base & ~int(permissions),
+            )
+        )
 
     # payloads ----------------------------------------------------------------------------
 

@@ -368,18 +368,25 @@ class RestApi:
             data = self._message_payload(message)
         await self.gateway.dispatch_guild_event(event, data, guild_id=message.guild_id, intent=intent)
 
-    def _check_bot_may_send(self, channel: FakeChannel, files: int) -> None:
+    def _require(self, channel: FakeChannel, needed: int) -> int:
+        """Discord's answer when the bot lacks `needed` in `channel`: 50001 without View Channel,
+        50013 for anything else (developers/resources/message, "Create Message" limitations)."""
         have = self.state.bot_permissions_in(channel)
         if not have & Perm.VIEW_CHANNEL:
             raise ApiError(403, 50001)
-        needed = Perm.SEND_MESSAGES | (Perm.ATTACH_FILES if files else 0)
         if have & needed != needed:
-            raise ApiError(403, 50013, "Missing Permissions")
+            raise ApiError(403, 50013)
+        return have
 
-    def _check_bot_may_read_history(self, channel: FakeChannel) -> None:
-        needed = Perm.VIEW_CHANNEL | Perm.READ_MESSAGE_HISTORY
-        if self.state.bot_permissions_in(channel) & needed != needed:
-            raise ApiError(403, 50001)
+    def _bot_message_body(self, channel: FakeChannel, body: dict, files: int, *, create: bool) -> dict:
+        """Check what posting `body` needs; embeds without Embed Links are dropped, as Discord does."""
+        needed = (Perm.SEND_MESSAGES if create else 0) | (Perm.ATTACH_FILES if files else 0)
+        have = self._require(channel, needed)
+        if body.get("embeds") and not have & Perm.EMBED_LINKS:
+            body = {**body, "embeds": []}
+            if create and is_empty_message(body, files):
+                raise ApiError(400, 50006)
+        return body
 
     def _same_nonce(self, channel: FakeChannel, body: dict) -> FakeMessage | None:
         """With `enforce_nonce`, Discord answers a repeated nonce (same author, same channel, within a
@@ -654,17 +661,19 @@ class RestApi:
     # channels and messages -----------------------------------------------------------------
 
     async def get_channel(self, incoming: Incoming) -> Any:
-        return self._channel(incoming).to_payload()
+        channel = self._channel(incoming)
+        self._require(channel, Perm.VIEW_CHANNEL)
+        return channel.to_payload()
 
     async def typing(self, incoming: Incoming) -> Any:
-        self._channel(incoming)
+        self._require(self._channel(incoming), Perm.SEND_MESSAGES)
         return NO_CONTENT
 
     async def create_message(self, incoming: Incoming) -> Any:
         channel = self._channel(incoming)
         body = incoming.body if isinstance(incoming.body, dict) else {}
-        self._check_bot_may_send(channel, len(incoming.uploads))
         self._check_body(body, create=True, files=len(incoming.uploads))
+        body = self._bot_message_body(channel, body, len(incoming.uploads), create=True)
         self._check_uploads(incoming, channel)
         earlier = self._same_nonce(channel, body)
         if earlier is not None:
@@ -686,11 +695,15 @@ class RestApi:
         return message
 
     async def get_message(self, incoming: Incoming) -> Any:
+        self._require(self._channel(incoming), Perm.VIEW_CHANNEL | Perm.READ_MESSAGE_HISTORY)
         return self._message_payload(self._channel_message(incoming))
 
     async def list_messages(self, incoming: Incoming) -> Any:
+        """Without Read Message History Discord answers an empty list, not an error
+        (developers/resources/message, "Get Channel Messages"); without View Channel, 50001."""
         channel = self._channel(incoming)
-        self._check_bot_may_read_history(channel)
+        if not self._require(channel, Perm.VIEW_CHANNEL) & Perm.READ_MESSAGE_HISTORY:
+            return []
         limit = max(1, min(100, int(incoming.query.get("limit", 50))))
         visible = [
             m
@@ -713,6 +726,7 @@ class RestApi:
         body = incoming.body if isinstance(incoming.body, dict) else {}
         self._check_body(body, create=False, files=len(incoming.uploads))
         channel = self._channel(incoming)
+        body = self._bot_message_body(channel, body, len(incoming.uploads), create=False)
         self._check_uploads(incoming, channel)
         self._edit(message, body, incoming.uploads)
         await self._announce("MESSAGE_UPDATE", message)
@@ -720,6 +734,8 @@ class RestApi:
 
     async def delete_message(self, incoming: Incoming) -> Any:
         message = self._channel_message(incoming)
+        needed = Perm.VIEW_CHANNEL if message.author.id == self.state.bot_user.id else Perm.MANAGE_MESSAGES
+        self._require(self._channel(incoming), needed)
         message.deleted_at = self.state.now()
         await self._announce("MESSAGE_DELETE", message)
         return NO_CONTENT

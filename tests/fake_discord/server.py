@@ -15,6 +15,7 @@ the bot does is recorded; waits are driven by state changes, never by polling sl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import logging
@@ -113,6 +114,7 @@ class FakeDiscord:
             guild.roles.append(bot_role)
             guild.add_member(self.bot_user, roles=[bot_role])
         self._runner: web.AppRunner | None = None
+        self._background: set[asyncio.Task] = set()
         self.port = 0
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -133,6 +135,8 @@ class FakeDiscord:
         return self
 
     async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self.gateway.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -234,6 +238,32 @@ class FakeDiscord:
 
     async def request_reconnect(self) -> None:
         await self.gateway.request_reconnect()
+
+    # the bot's permissions per channel --------------------------------------------------------
+
+    def set_bot_permissions(self, channel: ChannelLike, permissions: int, *, guild: GuildLike = None) -> None:
+        """Leave the bot exactly `permissions` in `channel` (an object, id or name), as a member
+        overwrite there would.
+
+        Later interactions there carry them as `app_permissions`; REST calls are answered by
+        them (50001 without View Channel, 50013 on sends and uploads, embeds dropped without
+        Embed Links, an empty history without Read Message History); and the bot is sent a
+        CHANNEL_UPDATE, so discord.py's own `permissions_for` agrees once it has arrived.
+        """
+        target = self._find_channel(channel, guild)
+        owner = self._guild(target.guild_id)
+        owner.set_member_permissions(self.state.bot_member(owner), target, permissions)
+        update = self.gateway.dispatch_guild_event(
+            "CHANNEL_UPDATE", target.to_payload(), guild_id=owner.id, intent=Intent.GUILDS
+        )
+        task = asyncio.get_running_loop().create_task(update)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        self.state.notify()
+
+    def bot_permissions(self, channel: ChannelLike, *, guild: GuildLike = None) -> int:
+        """What the bot may do in `channel` (what interactions there carry as `app_permissions`)."""
+        return self.state.bot_permissions_in(self._find_channel(channel, guild))
 
     # application commands ----------------------------------------------------------------------
 
@@ -555,12 +585,6 @@ class FakeDiscord:
         self.state.faults.append(rule)
         return rule
 
-    def set_bot_permissions(self, channel: ChannelLike, permissions: int, *, guild: GuildLike = None) -> None:
-        """The bot's permissions in one channel, as if its overwrites there gave exactly these: they
-        reach the bot as `app_permissions` and Discord's checks (50013 on sends, 50001 on history)."""
-        target = channel if isinstance(channel, FakeChannel) else self._channel(self._guild(guild), channel)
-        self.state.bot_channel_permissions[target.id] = int(permissions)
-
     def clear_faults(self) -> None:
         self.state.faults.clear()
 
@@ -587,6 +611,14 @@ class FakeDiscord:
         if found is None:
             raise KeyError(f"no guild {guild}")
         return found
+
+    def _find_channel(self, channel: ChannelLike, guild: GuildLike = None) -> FakeChannel:
+        if isinstance(channel, int) and guild is None:
+            found = self.state.channel(channel)
+            if found is None or found.guild_id is None:
+                raise KeyError(f"no guild channel {channel}")
+            return found
+        return self._channel(self._guild(guild), channel)
 
     @staticmethod
     def _channel(guild: FakeGuild, channel: ChannelLike) -> FakeChannel:

@@ -42,6 +42,7 @@ DEFAULT_ERROR_MESSAGES = {
     40060: "Interaction has already been acknowledged.",
     50001: "Missing Access",
     50006: "Cannot send an empty message",
+    50013: "Missing Permissions",
     50027: "Invalid Webhook Token",
     50035: "Invalid Form Body",
 }
@@ -168,8 +169,6 @@ class State:
     faults: list[FaultRule] = field(default_factory=list)
     internal_errors: list[str] = field(default_factory=list)
     uploads: dict[int, FakeAttachment] = field(default_factory=dict)  # attachments sent as command options
-    #: the bot's own permissions in one channel, where a test set them (else its guild roles')
-    bot_channel_permissions: dict[int, int] = field(default_factory=dict)
     notifier: Notifier = field(default_factory=Notifier)
 
     def notify(self) -> None:
@@ -208,14 +207,12 @@ class State:
         return member
 
     def bot_permissions_in(self, channel: FakeChannel) -> int:
-        """What the bot may do in `channel`: the channel's own setting if a test made one, else
-        what its roles give it in the guild (DMs: everything a DM allows)."""
-        if channel.id in self.bot_channel_permissions:
-            return self.bot_channel_permissions[channel.id]
+        """What the bot may do in `channel`: its roles, then the channel's overwrites, as Discord
+        computes it (`FakeGuild.permissions_in`); in a DM, everything a DM allows."""
         guild = self.guild(channel.guild_id)
         if guild is None:
             return int(DM_PERMISSIONS)
-        return guild.permissions_of(self.bot_member(guild))
+        return guild.permissions_in(self.bot_member(guild), channel)
 
     def dm_channel_for(self, user: FakeUser) -> FakeChannel:
         for channel in self.dm_channels.values():
