@@ -21,6 +21,8 @@ import torch
 from generation.models import ModelSpec, build_registry
 from generation.pipelines import PipelineManager
 from generation.settings import GenerationSettings
+from tests.fake_discord.server import describe_invalid
+from tests.fake_discord.state import TALLY
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +89,30 @@ def isolated_pipeline_manager(
     manager = PipelineManager(tiny_settings, tiny_registry)
     yield manager
     manager.close()
+
+
+@pytest.fixture(autouse=True)
+def discord_saw_no_invalid_request() -> Iterator[None]:
+    """Every test proves the bot sent the fake Discord nothing the real one would refuse.
+
+    The fake checks each request against Discord's OpenAPI description and documented limits
+    (tests/fake_discord/spec_check.py); a test that sends bad requests on purpose takes them
+    back with `FakeDiscord.take_invalid_requests()`. Module-scoped bots are covered too: what
+    they send between tests is charged to the next test.
+    """
+    mark = len(TALLY.invalid)
+    yield
+    unexpected = TALLY.unexpected_since(mark)
+    for call in unexpected:
+        call.expected_invalid = True  # reported once, here
+    if unexpected:
+        pytest.fail(describe_invalid(unexpected), pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TALLY.requests:
+        terminalreporter.write_line(
+            f"fake Discord: {TALLY.requests} requests checked against Discord's OpenAPI description "
+            f"and limits, {len(TALLY.invalid)} refused ({sum(not c.expected_invalid for c in TALLY.invalid)} "
+            "unexpected)"
+        )

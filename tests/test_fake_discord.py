@@ -13,8 +13,10 @@ import io
 import json
 import logging
 import random
+import re
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import discord
@@ -40,6 +42,9 @@ from tests.fake_discord import (
     InvalidInteraction,
     Perm,
 )
+from tests.fake_discord.rest import ROUTES
+from tests.fake_discord.spec_check import find_operation, source_commit
+from tests.fake_discord.trim_spec import TRIMMED, find_commit, trim
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +141,13 @@ class DemoBot(discord.Client):
                 await interaction.response.send_message("finally")
             except discord.NotFound as exc:
                 self.errors.append(exc)
+
+        @tree.command()
+        async def whisper(interaction: discord.Interaction) -> None:
+            """Defer in public, then follow up twice asking for ephemeral messages."""
+            await interaction.response.defer()
+            await interaction.followup.send("first", ephemeral=True)
+            await interaction.followup.send("second", ephemeral=True)
 
         @tree.command()
         async def progress(interaction: discord.Interaction) -> None:
@@ -315,6 +327,18 @@ async def test_slash_defer_then_followup_replaces_thinking_and_pings_nobody(
     assert interaction.messages == [result] and interaction.followups == [result]
 
 
+async def test_first_followup_after_a_defer_edits_the_thinking_message_and_keeps_its_visibility(
+    fake: FakeDiscord, bot: DemoBot
+) -> None:
+    interaction = await fake.invoke_slash("whisper")
+    second = await interaction.wait_for_followup(lambda m: m.content == "second")
+    first = interaction.original
+    assert (first.content, first.ephemeral, first.loading) == ("first", False, False)
+    assert [v.content for v in first.versions] == ["", "first"]  # edited, not posted anew
+    assert second.ephemeral and second.id != first.id
+    assert fake.messages() == [first]
+
+
 async def test_options_are_checked_like_discord_unless_told_otherwise(
     fake: FakeDiscord, bot: DemoBot
 ) -> None:
@@ -472,6 +496,7 @@ async def test_sending_needs_send_messages_and_embeds_need_embed_links(
     with pytest.raises(discord.Forbidden) as caught:
         await channel.send("file", file=discord.File(io.BytesIO(b"x"), "x.txt"))
     assert caught.value.code == 50013
+    assert [c.response["code"] for c in fake.take_invalid_requests()] == [50006]
 
 
 # Discord's failure modes ---------------------------------------------------------------------
@@ -579,6 +604,11 @@ async def test_rest_replies_are_exact_json_with_rate_limit_headers(fake: FakeDis
         form.add_field("files[0]", b"\x89PNG", filename="a.png", content_type="application/octet-stream")
         async with http.post(url, data=form) as response:
             assert response.status == 200
+    assert [(c.status, c.response["code"]) for c in fake.take_invalid_requests()] == [
+        (400, 50035),
+        (400, 50006),
+        (400, 50035),
+    ]
     message: FakeMessage = fake.messages(channel)[0]
     assert message.attachment.content_type == "image/png" and message.attachment.data == b"\x89PNG"
     assert message.allowed_mentions is None  # nothing sent: Discord would parse every mention
@@ -676,3 +706,145 @@ async def test_zstd_stream_when_the_client_can_decompress_it(fake: FakeDiscord) 
     ):
         hello = await ws.receive_bytes()
         assert json.loads(decompress.decompress(hello))["op"] == 10
+
+
+# Discord's validation of what the bot sends ------------------------------------------------
+
+
+def field_errors(body: dict, path: str) -> list[str]:
+    """The error codes Discord files under dotted `path` of an Invalid Form Body answer."""
+    node = body["errors"]
+    for part in filter(None, path.split(".")):
+        node = node.get(part, {})
+    return [e["code"] for e in node.get("_errors", [])]
+
+
+async def send_raw(fake: FakeDiscord, method: str, url: str, body: object) -> tuple[dict, int]:
+    headers = {"Authorization": f"Bot {fake.token}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.request(method, url, json=body) as response,
+    ):
+        return await response.json(), response.status
+
+
+def button(custom_id: str, label: str = "Go") -> dict:
+    return {"type": 2, "style": 1, "custom_id": custom_id, "label": label}
+
+
+BAD_MESSAGES = [
+    ({"components": [{"type": 1, "components": [button("x" * 101)]}]}, "components.0.components.0.custom_id"),
+    ({"components": [{"type": 1, "components": [button("a", "y" * 81)]}]}, "components.0.components.0.label"),
+    (
+        {"components": [{"type": 1, "components": [button(str(i)) for i in range(6)]}]},
+        "components.0.components",
+    ),
+    ({"components": [{"type": 1, "components": [button(f"r{i}")]} for i in range(6)]}, "components"),
+    (
+        {"components": [{"type": 1, "components": [button("same"), button("same")]}]},
+        "components.0.components.1.custom_id",
+    ),
+    ({"embeds": [{"title": "t", "color": "red"}]}, "embeds.0.color"),
+    ({"embeds": [{"description": "d" * 4097}]}, "embeds.0.description"),
+    ({"embeds": [{"title": "t" * 257}]}, "embeds.0.title"),
+    ({"embeds": [{"fields": [{"name": "n", "value": "v" * 1025}]}]}, "embeds.0.fields.0.value"),
+    ({"embeds": [{"footer": {"text": "f" * 2049}}]}, "embeds.0.footer.text"),
+    ({"embeds": [{"author": {"name": "a" * 257}}]}, "embeds.0.author.name"),
+    ({"embeds": [{"fields": [{"name": "n", "value": "v"}] * 26}]}, "embeds.0.fields"),
+    ({"embeds": [{"description": "d" * 3001}, {"description": "d" * 3000}]}, "embeds"),
+    ({"embeds": [{"title": str(i)} for i in range(11)]}, "embeds"),
+    ({"content": "c" * 2001}, "content"),
+    ({"content": "hi", "nonce": "n" * 26}, "nonce"),
+]
+
+
+@pytest.mark.parametrize(("body", "path"), BAD_MESSAGES, ids=[p for _, p in BAD_MESSAGES])
+async def test_messages_discord_would_refuse_get_its_400(fake: FakeDiscord, body: dict, path: str) -> None:
+    url = f"{fake.api_base}/channels/{fake.guild.channel().id}/messages"
+    answer, status = await send_raw(fake, "POST", url, body)
+    assert (status, answer["code"], answer["message"]) == (400, 50035, "Invalid Form Body")
+    assert field_errors(answer, path), answer
+    [refused] = fake.take_invalid_requests()
+    assert refused.response == answer and fake.messages() == []
+
+
+def option(name: str, **extra: object) -> dict:
+    return {"type": 3, "name": name, "description": "d", **extra}
+
+
+def command(*options: dict, name: str = "draw", description: str = "Draw") -> dict:
+    return {"type": 1, "name": name, "description": description, "options": list(options)}
+
+
+CHOICES = [{"name": "a", "value": "a"}]
+BAD_COMMANDS = [
+    ([command(option("style", choices=CHOICES, autocomplete=True))], "0.options.0.autocomplete"),
+    ([command(option("style", choices=[{"name": "n" * 101, "value": "v"}]))], "0.options.0.choices.0.name"),
+    ([command(option("style", choices=[{"name": "n", "value": "v" * 101}]))], "0.options.0.choices.0.value"),
+    (
+        [command({"type": 4, "name": "steps", "description": "d", "min_value": 9, "max_value": 2})],
+        "0.options.0.min_value",
+    ),
+    ([command(option("style", min_length=9, max_length=2))], "0.options.0.min_length"),
+    ([command(option("style"), option("style"))], "0.options.1.name"),
+    (
+        [
+            command(
+                *(
+                    option(f"o{i}", choices=[{"name": "n" * 99, "value": f"{i}{j}"} for j in range(4)])
+                    for i in range(21)
+                )
+            )
+        ],
+        "0",
+    ),
+    ([command(name="Draw")], "0.name"),
+    ([command(name="draw now")], "0.name"),
+    ([command(description="d" * 101)], "0.description"),
+    ([command(*(option(f"o{i}") for i in range(26)))], "0.options"),
+    (
+        [command(option("style", choices=[{"name": str(i), "value": str(i)} for i in range(26)]))],
+        "0.options.0.choices",
+    ),
+    ([command(option("later"), option("first", required=True))], "0.options.1"),
+    ([command(), command()], "1.name"),
+    ([command({"type": 1, "name": "sub", "description": "d"}, option("loose"))], "0.options"),
+]
+
+
+@pytest.mark.parametrize(("commands", "path"), BAD_COMMANDS, ids=[p for _, p in BAD_COMMANDS])
+async def test_command_definitions_discord_would_refuse_get_its_400(
+    fake: FakeDiscord, commands: list, path: str
+) -> None:
+    url = f"{fake.api_base}/applications/{fake.application_id}/commands"
+    answer, status = await send_raw(fake, "PUT", url, commands)
+    assert (status, answer["code"]) == (400, 50035)
+    assert field_errors(answer, path), answer
+    assert len(fake.take_invalid_requests()) == 1 and fake.registered_commands() == []
+
+
+async def test_query_and_path_parameters_are_checked_too(fake: FakeDiscord) -> None:
+    channel = fake.guild.channel()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bot {fake.token}"}) as http:
+        async with http.get(f"{fake.api_base}/channels/{channel.id}/messages?limit=101") as response:
+            assert field_errors(await response.json(), "limit") == ["NUMBER_TYPE_MAX"]
+        async with http.get(f"{fake.api_base}/channels/{channel.id}/messages?limit=100") as response:
+            assert response.status == 200
+    assert len(fake.take_invalid_requests()) == 1
+
+
+def test_every_route_of_the_fake_has_its_operation_in_the_trimmed_description() -> None:
+    missing = [
+        f"{method} {pattern}"
+        for method, pattern, _, _ in ROUTES
+        if find_operation(method, re.sub(r"\{\w+\}", "1", pattern)) is None
+    ]
+    assert missing == []
+    assert re.fullmatch(r"[0-9a-f]{40}", source_commit())
+
+
+def test_trimmed_description_is_what_the_script_makes_from_the_full_one() -> None:
+    full = Path("/work/shared/discord-api-spec/openapi.json")
+    if not full.exists():
+        pytest.skip("the full description is not on this machine")
+    assert trim(json.loads(full.read_text()), find_commit(full)) == json.loads(TRIMMED.read_text())

@@ -308,8 +308,9 @@ class FormErrors:
         self.errors: dict[str, Any] = {}
 
     def add(self, path: str, code: str, message: str) -> None:
+        """`path` is dotted ("embeds.0.title"); "" files the error under the body itself."""
         node = self.errors
-        for part in path.split("."):
+        for part in filter(None, path.split(".")):
             node = node.setdefault(part, {})
         node.setdefault("_errors", []).append({"code": code, "message": message})
 
@@ -366,6 +367,12 @@ def _validate_action_rows(rows: list[dict], errors: FormErrors) -> None:
             errors.add(
                 f"components.{i}.components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length."
             )
+        if len(children) > 1 and any(c.get("type") != BUTTON for c in children):
+            errors.add(
+                f"components.{i}.components",
+                "COMPONENT_LAYOUT_WIDTH_EXCEEDED",
+                "A select menu must be alone in its row",
+            )
         for j, child in enumerate(children):
             path = f"components.{i}.components.{j}"
             errors.max_length(f"{path}.label", child.get("label"), 80)
@@ -373,6 +380,12 @@ def _validate_action_rows(rows: list[dict], errors: FormErrors) -> None:
             if child.get("type") == BUTTON and child.get("style") == 5:
                 if not child.get("url"):
                     errors.add(f"{path}.url", "BASE_TYPE_REQUIRED", "This field is required")
+                if custom_id is not None:
+                    errors.add(
+                        f"{path}.custom_id",
+                        "BUTTON_COMPONENT_CUSTOM_ID_NOT_ALLOWED",
+                        "Link buttons have none",
+                    )
                 continue
             if not custom_id:
                 errors.add(f"{path}.custom_id", "BASE_TYPE_REQUIRED", "This field is required")

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .commands import stored_command, validate_command
+from .commands import stored_command, validate_command, validate_command_list
 from .gateway import Gateway, Intent
 from .interactions import FakeInteraction, InteractionResponse, InteractionType, ResponseType
 from .messages import (
@@ -37,6 +37,7 @@ from .messages import (
     validate_message_body,
 )
 from .models import MIB, ChannelType, FakeChannel, FakeGuild, Perm, snowflake
+from .spec_check import check_request
 from .state import DEFAULT_ERROR_MESSAGES, FaultRule, RecordedCall, State
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,12 @@ class ApiError(Exception):
             "message": message or DEFAULT_ERROR_MESSAGES.get(code, f"{status}"),
             "code": code,
         }
+
+
+def _form_error(path: str, message: str) -> dict:
+    errors = FormErrors()
+    errors.add(path, "BASE_TYPE_INVALID", message)
+    return errors.to_body()
 
 
 @dataclass
@@ -117,6 +124,51 @@ def ratelimit_headers(bucket: str) -> dict[str, str]:
     }
 
 
+_COMMANDS = "/applications/{app_id}/commands"
+_GUILD_COMMANDS = "/applications/{app_id}/guilds/{guild_id}/commands"
+
+#: Every route the fake serves: (method, path pattern, handler name, needs the bot token).
+#: `trim_spec` keeps exactly the operations of Discord's OpenAPI description these serve.
+ROUTES: tuple[tuple[str, str, str, bool], ...] = (
+    ("GET", "/gateway", "get_gateway", False),
+    ("GET", "/gateway/bot", "get_gateway_bot", True),
+    ("GET", "/users/@me", "get_me", True),
+    ("POST", "/users/@me/channels", "create_dm", True),
+    ("GET", "/users/{user_id}", "get_user", True),
+    ("GET", "/oauth2/applications/@me", "get_application", True),
+    ("GET", "/applications/@me", "get_application", True),
+    *(
+        route
+        for prefix in (_COMMANDS, _GUILD_COMMANDS)
+        for route in (
+            ("GET", prefix, "list_commands", True),
+            ("PUT", prefix, "overwrite_commands", True),
+            ("POST", prefix, "upsert_command", True),
+            ("GET", prefix + "/{command_id}", "get_command", True),
+            ("PATCH", prefix + "/{command_id}", "edit_command", True),
+            ("DELETE", prefix + "/{command_id}", "delete_command", True),
+        )
+    ),
+    ("POST", "/interactions/{interaction_id}/{token}/callback", "interaction_callback", False),
+    ("POST", "/webhooks/{app_id}/{token}", "webhook_send", False),
+    ("GET", "/webhooks/{app_id}/{token}/messages/{message_id}", "webhook_get", False),
+    ("PATCH", "/webhooks/{app_id}/{token}/messages/{message_id}", "webhook_edit", False),
+    ("DELETE", "/webhooks/{app_id}/{token}/messages/{message_id}", "webhook_delete", False),
+    ("GET", "/channels/{channel_id}", "get_channel", True),
+    ("POST", "/channels/{channel_id}/typing", "typing", True),
+    ("GET", "/channels/{channel_id}/messages", "list_messages", True),
+    ("POST", "/channels/{channel_id}/messages", "create_message", True),
+    ("GET", "/channels/{channel_id}/messages/{message_id}", "get_message", True),
+    ("PATCH", "/channels/{channel_id}/messages/{message_id}", "edit_message", True),
+    ("DELETE", "/channels/{channel_id}/messages/{message_id}", "delete_message", True),
+    ("GET", "/guilds/{guild_id}", "get_guild", True),
+    ("GET", "/guilds/{guild_id}/channels", "get_guild_channels", True),
+    ("GET", "/guilds/{guild_id}/roles", "get_guild_roles", True),
+    ("GET", "/guilds/{guild_id}/members", "list_members", True),
+    ("GET", "/guilds/{guild_id}/members/{user_id}", "get_member", True),
+)
+
+
 class RestApi:
     def __init__(self, state: State, gateway: Gateway, *, gateway_url: Callable[[], str]) -> None:
         self.state = state
@@ -132,41 +184,8 @@ class RestApi:
         self.routes.append(Route(method, re.compile(regex), handler, auth, f"{method} {pattern}"))
 
     def _add_routes(self) -> None:
-        r = self.route
-        r("GET", "/gateway", self.get_gateway, auth=False)
-        r("GET", "/gateway/bot", self.get_gateway_bot)
-        r("GET", "/users/@me", self.get_me)
-        r("POST", "/users/@me/channels", self.create_dm)
-        r("GET", "/users/{user_id}", self.get_user)
-        r("GET", "/oauth2/applications/@me", self.get_application)
-        r("GET", "/applications/@me", self.get_application)
-        for prefix in (
-            "/applications/{app_id}/commands",
-            "/applications/{app_id}/guilds/{guild_id}/commands",
-        ):
-            r("GET", prefix, self.list_commands)
-            r("PUT", prefix, self.overwrite_commands)
-            r("POST", prefix, self.upsert_command)
-            r("GET", prefix + "/{command_id}", self.get_command)
-            r("PATCH", prefix + "/{command_id}", self.edit_command)
-            r("DELETE", prefix + "/{command_id}", self.delete_command)
-        r("POST", "/interactions/{interaction_id}/{token}/callback", self.interaction_callback, auth=False)
-        r("POST", "/webhooks/{app_id}/{token}", self.webhook_send, auth=False)
-        r("GET", "/webhooks/{app_id}/{token}/messages/{message_id}", self.webhook_get, auth=False)
-        r("PATCH", "/webhooks/{app_id}/{token}/messages/{message_id}", self.webhook_edit, auth=False)
-        r("DELETE", "/webhooks/{app_id}/{token}/messages/{message_id}", self.webhook_delete, auth=False)
-        r("GET", "/channels/{channel_id}", self.get_channel)
-        r("POST", "/channels/{channel_id}/typing", self.typing)
-        r("GET", "/channels/{channel_id}/messages", self.list_messages)
-        r("POST", "/channels/{channel_id}/messages", self.create_message)
-        r("GET", "/channels/{channel_id}/messages/{message_id}", self.get_message)
-        r("PATCH", "/channels/{channel_id}/messages/{message_id}", self.edit_message)
-        r("DELETE", "/channels/{channel_id}/messages/{message_id}", self.delete_message)
-        r("GET", "/guilds/{guild_id}", self.get_guild)
-        r("GET", "/guilds/{guild_id}/channels", self.get_guild_channels)
-        r("GET", "/guilds/{guild_id}/roles", self.get_guild_roles)
-        r("GET", "/guilds/{guild_id}/members", self.list_members)
-        r("GET", "/guilds/{guild_id}/members/{user_id}", self.get_member)
+        for method, pattern, handler, auth in ROUTES:
+            self.route(method, pattern, getattr(self, handler), auth=auth)
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_route("*", API_PREFIX + "/{tail:.*}", self.handle)
@@ -176,7 +195,7 @@ class RestApi:
         path = "/" + request.match_info["tail"]
         incoming = Incoming(request.method, path, dict(request.query), request.headers)
         call = RecordedCall(request.method, path, dict(request.query), None, [], self.state.now())
-        self.state.calls.append(call)
+        self.state.record_call(call)
         bucket = f"{request.method} {path}"
         try:
             await self._read_body(request, incoming)
@@ -189,6 +208,7 @@ class RestApi:
             bucket = route.bucket
             if route.auth and request.headers.get("Authorization") != f"Bot {self.state.token}":
                 raise ApiError(401, 0, "401: Unauthorized")
+            self._check_against_spec(incoming)
             result = await route.handler(incoming)
             if fault is not None:
                 self.state.notify()  # what it did is visible while its answer is held back
@@ -207,6 +227,7 @@ class RestApi:
             call.status, call.response = 500, {"message": "500: fake Discord bug", "code": 0}
             return json_response(call.response, status=500)
         finally:
+            self.state.record_outcome(call)
             self.state.notify()
 
     async def _fault_answer(self, call: RecordedCall, fault: FaultRule, bucket: str) -> web.Response:
@@ -216,6 +237,15 @@ class RestApi:
         call.status, call.response = fault.status, fault.body()
         headers = {**ratelimit_headers(bucket), **fault.response_headers()}
         return json_response(call.response, status=fault.status, headers=headers)
+
+    @staticmethod
+    def _check_against_spec(incoming: Incoming) -> None:
+        body = incoming.body if incoming.body is not None else ({} if incoming.uploads else None)
+        errors = check_request(
+            incoming.method, incoming.path, incoming.query, body, has_body=body is not None
+        )
+        if errors:
+            raise ApiError(400, 50035, body=errors.to_body())
 
     def _find_route(self, incoming: Incoming) -> Route:
         allowed = False
@@ -472,8 +502,7 @@ class RestApi:
         if not isinstance(body, list):
             raise ApiError(400, 50035, body={"code": 50035, "message": "Invalid Form Body", "errors": {}})
         errors = FormErrors()
-        for i, command in enumerate(body):
-            validate_command(command, errors, str(i))
+        validate_command_list(body, errors)
         if len(body) > 100:
             errors.add("_", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer in length.")
         if errors:
@@ -504,9 +533,14 @@ class RestApi:
 
     async def edit_command(self, incoming: Incoming) -> Any:
         _, command = self._find_command(incoming)
-        command.update(
-            {k: v for k, v in (incoming.body or {}).items() if k not in ("id", "type", "application_id")}
-        )
+        changes = {
+            k: v for k, v in (incoming.body or {}).items() if k not in ("id", "type", "application_id")
+        }
+        errors = FormErrors()
+        validate_command({**command, **changes}, errors, "")
+        if errors:
+            raise ApiError(400, 50035, body=errors.to_body())
+        command.update(changes)
         return command
 
     async def delete_command(self, incoming: Incoming) -> Any:
@@ -537,6 +571,9 @@ class RestApi:
             self._check_uploads(incoming, channel)
             message = self._create(channel, data, incoming.uploads, interaction=interaction)
         elif response_type == ResponseType.DEFERRED_CHANNEL_MESSAGE:
+            if int(data.get("flags") or 0) & ~FLAG_EPHEMERAL:
+                # "the only valid message flag you may use is EPHEMERAL" (receiving-and-responding)
+                raise ApiError(400, 50035, body=_form_error("data.flags", "Only EPHEMERAL may be set"))
             flags = FLAG_LOADING | (int(data.get("flags") or 0) & FLAG_EPHEMERAL)
             message = self._create(channel, {}, [], flags=flags, interaction=interaction)
         elif (

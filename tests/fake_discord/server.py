@@ -72,6 +72,12 @@ GuildLike = FakeGuild | int | None
 ChannelLike = FakeChannel | int | str | None
 
 
+def describe_invalid(calls: Sequence[RecordedCall]) -> str:
+    lines = [f"the fake Discord refused {len(calls)} request(s) the real Discord would refuse too:"]
+    lines += [f"  {call.describe()}" for call in calls]
+    return "\n".join(lines)
+
+
 def make_token(bot_id: int) -> str:
     """Shaped like a real bot token: base64 of the id, a timestamp part and an HMAC part."""
     head = base64.b64encode(str(bot_id).encode()).decode().rstrip("=")
@@ -151,6 +157,8 @@ class FakeDiscord:
         await self.close()
         if exc_type is None and self.state.internal_errors:
             raise AssertionError(f"the fake Discord itself failed: {self.state.internal_errors}")
+        if exc_type is None and self.invalid_requests:
+            raise AssertionError(describe_invalid(self.take_invalid_requests()))
 
     # addresses ---------------------------------------------------------------------------------
 
@@ -599,6 +607,22 @@ class FakeDiscord:
     @property
     def internal_errors(self) -> list[str]:
         return self.state.internal_errors
+
+    @property
+    def invalid_requests(self) -> list[RecordedCall]:
+        """Requests Discord would refuse (400), not yet taken back by `take_invalid_requests`.
+
+        The fake answers each with Discord's own error; the suite fails on any left over
+        (here on leaving `async with`, and per test through tests/conftest.py).
+        """
+        return self.state.invalid_requests
+
+    def take_invalid_requests(self) -> list[RecordedCall]:
+        """For tests that send bad requests on purpose: returns them and marks them expected."""
+        taken = self.state.invalid_requests
+        for call in taken:
+            call.expected_invalid = True
+        return taken
 
     # lookups -----------------------------------------------------------------------------------
 

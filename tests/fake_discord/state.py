@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -61,9 +62,33 @@ class RecordedCall:
     status: int = 0
     response: Any = None
     fault: FaultRule | None = None
+    expected_invalid: bool = False  # a test sent it on purpose and took it back
+
+    @property
+    def invalid(self) -> bool:
+        """Refused as a bad request by the fake's own checks (not by an injected fault)."""
+        return self.status == 400 and self.fault is None
+
+    def describe(self) -> str:
+        body = json.dumps(self.body)[:300] if self.body is not None else "-"
+        return f"{self.method} {self.path} {body} -> {self.status} {json.dumps(self.response)[:600]}"
 
     def __repr__(self) -> str:
         return f"<{self.method} {self.path} -> {self.status}{' (injected)' if self.fault else ''}>"
+
+
+@dataclass
+class Tally:
+    """What every fake in this process was sent: for the suite's summary and per-test checks."""
+
+    requests: int = 0
+    invalid: list[RecordedCall] = field(default_factory=list)
+
+    def unexpected_since(self, mark: int) -> list[RecordedCall]:
+        return [c for c in self.invalid[mark:] if not c.expected_invalid]
+
+
+TALLY = Tally()
 
 
 @dataclass(eq=False)
@@ -241,6 +266,19 @@ class State:
                 rule.hits += 1
                 return rule
         return None
+
+    def record_call(self, call: RecordedCall) -> None:
+        self.calls.append(call)
+        TALLY.requests += 1
+
+    def record_outcome(self, call: RecordedCall) -> None:
+        if call.invalid:
+            log.warning("fake Discord refused a bad request: %s", call.describe())
+            TALLY.invalid.append(call)
+
+    @property
+    def invalid_requests(self) -> list[RecordedCall]:
+        return [c for c in self.calls if c.invalid and not c.expected_invalid]
 
     def recent_calls(self, count: int = 8) -> str:
         lines = []
