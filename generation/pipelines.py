@@ -43,6 +43,7 @@ from generation.media import to_rgb_uint8
 from generation.models import ModelSpec, build_registry, get_spec
 from generation.params import GenerationRequest, VideoRequest
 from generation.preview import LatentPreviewer
+from generation.safety import keep_unfiltered
 from generation.settings import GenerationSettings
 from generation.tiny import ensure_tiny
 
@@ -75,8 +76,10 @@ class GenerationOutput:
     timings: dict[str, float]
     device: str
     memory_mode: str = "full"
-    #: the safety checker blacked out the image
+    #: the safety checker flagged (and blacked out) an image
     nsfw_detected: bool = False
+    #: the images as generated, before the checker blacked any out; only when one was flagged
+    unfiltered: list[Image.Image] | None = None
 
 
 @dataclass
@@ -384,7 +387,8 @@ class PipelineManager:
             t0 = time.perf_counter()
             state["last"] = t0
             try:
-                result = pipe(**kwargs)
+                with keep_unfiltered(pipe) as verdict:
+                    result = pipe(**kwargs)
             except torch.cuda.OutOfMemoryError:
                 log.warning("out of GPU memory running %s in mode %s", request.model, resident.mode)
                 _reset_after_failure(pipe, self.device)
@@ -415,8 +419,7 @@ class PipelineManager:
             output.frames = _frames_to_uint8(result.frames)
         else:
             output.images = list(result.images)
-            flags = getattr(result, "nsfw_content_detected", None)
-            output.nsfw_detected = bool(flags and any(flags))
+            output.nsfw_detected, output.unfiltered = verdict.flagged, verdict.unfiltered
         log.info(
             "generated %s %s seed=%d steps=%d %dx%d on %s/%s: load %.2fs denoise %.2fs decode %.2fs",
             request.kind,

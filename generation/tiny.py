@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 TINY_VERSION = 1
 TINY_MODELS = (
     "tiny-image",
+    "tiny-image-flagged",
     "tiny-video",
     "tiny-sdxl",
     "tiny-wan",
@@ -190,6 +191,29 @@ def _scheduler() -> Any:
     )
 
 
+def _flag_everything_checker() -> tuple[Any, Any]:
+    """A small real `StableDiffusionSafetyChecker` (and its CLIP feature extractor) that flags every
+    picture: its concept thresholds sit below any cosine similarity. It lets tests and demos see
+    what a server's NSFW policy does without generating anything that would need it."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(SEED)
+    small = {"hidden_size": TEXT_DIM, "intermediate_size": 37, "num_attention_heads": 4}
+    small["num_hidden_layers"] = 1
+    config = CLIPConfig(
+        text_config={**small, "vocab_size": 1000, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+        vision_config={**small, "image_size": 32, "patch_size": 8},
+        projection_dim=TEXT_DIM,
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(-2.0)  # a cosine similarity is at least -1
+    extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return checker, extractor
+
+
 def build_tiny_pipeline(model_id: str) -> Any:
     """Build the twin in memory (fp32, CPU), identical on every machine for a given torch."""
     import torch
@@ -207,7 +231,7 @@ def build_tiny_pipeline(model_id: str) -> Any:
     tokenizer = _tokenizer()
     text_encoder = _text_encoder(len(tokenizer))
     vae = _vae()
-    if model_id == "tiny-image":
+    if model_id in ("tiny-image", "tiny-image-flagged"):
         from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
         torch.manual_seed(SEED)
@@ -223,15 +247,16 @@ def build_tiny_pipeline(model_id: str) -> Any:
             attention_head_dim=8,
             norm_num_groups=8,
         ).eval()
+        checker, extractor = _flag_everything_checker() if model_id == "tiny-image-flagged" else (None, None)
         return StableDiffusionPipeline(
             vae=vae,
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             unet=unet,
             scheduler=_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+            safety_checker=checker,
+            feature_extractor=extractor,
+            requires_safety_checker=checker is not None,
         )
     if model_id == "tiny-video":
         from diffusers import TextToVideoSDPipeline, UNet3DConditionModel

@@ -2,7 +2,7 @@
 
 One :class:`Moderator` serves the Discord commands and the REST API alike: the bot-wide
 blocklist (``PROMPT_BLOCKLIST``) applies everywhere, and a request made inside a server also
-passes that server's channel allow-list, NSFW-only mode and blocklist. Bans, quotas and queue
+passes that server's pause, channel allow-list, NSFW-only mode and blocklist. Bans, quotas and queue
 limits are the queue's (:mod:`bot.core.queue.limits`), which every way in goes through too.
 
 Each rule can be tested without Discord. Every refusal is a `UserError` whose message tells
@@ -32,6 +32,12 @@ class ChannelNotAllowed(UserError):
 
 class PromptBlocked(UserError):
     code = "prompt_blocked"
+
+
+class GuildPaused(UserError):
+    """This server's admins paused the bot here (`/admin pause`); other servers are served as usual."""
+
+    code = "paused"
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,8 @@ def blocked_by(text: str, blocklist: list[str]) -> str | None:
 
 
 class Moderator:
-    """Applies the bot-wide blocklist, and inside a server its channels, NSFW-only mode and blocklist."""
+    """Applies the bot-wide blocklist, and inside a server its pause, channels, NSFW-only mode and
+    blocklist."""
 
     def __init__(self, *, store: Store, blocklist: Sequence[str] = ()) -> None:
         self._store = store
@@ -92,6 +99,10 @@ class Moderator:
         if ctx.guild_id is None:
             return
         guild = await self._store.get_guild_settings(ctx.guild_id)
+        if guild.paused:
+            raise GuildPaused(
+                "The admins of this server have paused the bot here for now; please try again later."
+            )
         self._check_channel(guild, ctx)
         self._check_words(guild.blocklist, ctx, prompt, negative_prompt, owner="this server")
 

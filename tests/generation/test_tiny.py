@@ -17,6 +17,13 @@ log = logging.getLogger(__name__)
 # in which case TINY_VERSION must be bumped so old caches are rebuilt
 FINGERPRINTS = {
     "tiny-image": {"unet": 37836.7466, "vae": 4199.0563, "text_encoder": 2287.3059},
+    # the same weights as tiny-image, plus a safety checker that flags every picture
+    "tiny-image-flagged": {
+        "unet": 37836.7466,
+        "vae": 4199.0563,
+        "text_encoder": 2287.3059,
+        "safety_checker": 2405.5628,
+    },
     "tiny-video": {"unet": 23273.5092, "vae": 4199.0563, "text_encoder": 2287.3059},
     "tiny-sdxl": {
         "unet": 39750.2175, "vae": 4199.0563, "text_encoder": 2287.3059, "text_encoder_2": 2433.1472

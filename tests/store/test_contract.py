@@ -476,13 +476,13 @@ async def test_users_default_ban_unban_and_quota(store: Store) -> None:
 async def test_guild_settings_default_and_partial_updates(store: Store) -> None:
     assert await store.get_guild_settings("g") == GuildSettings(guild_id="g")
     first = await store.update_guild_settings(
-        "g", allowed_channels=["1", "2"], limits={"max_steps": 30, "max_frames": 16}, nsfw_policy="allow"
+        "g", allowed_channels=["1", "2"], limits={"max_steps": 30, "max_frames": 16}, nsfw_policy="spoiler"
     )
-    assert first.allowed_channels == ["1", "2"] and first.nsfw_policy == "allow"
+    assert first.allowed_channels == ["1", "2"] and first.nsfw_policy == "spoiler"
     second = await store.update_guild_settings("g", limits={"max_steps": 10}, blocklist=[r"\bgore\b", "ßpam"])
     assert second.limits == {"max_steps": 10}  # replaced whole
     assert second.blocklist == [r"\bgore\b", "ßpam"]
-    assert second.allowed_channels == ["1", "2"] and second.nsfw_policy == "allow"
+    assert second.allowed_channels == ["1", "2"] and second.nsfw_policy == "spoiler"
     third = await store.update_guild_settings("g", paused=True, gallery_public=True)
     assert await store.get_guild_settings("g") == third
     assert third.paused and third.gallery_public and third.limits == {"max_steps": 10}

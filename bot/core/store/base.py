@@ -31,8 +31,9 @@ from generation.errors import UserError
 
 log = logging.getLogger(__name__)
 
-NsfwPolicy = Literal["block", "allow_in_nsfw_channels", "allow"]
-NSFW_POLICIES: tuple[str, ...] = ("block", "allow_in_nsfw_channels", "allow")
+#: what happens to a picture the safety checker flags (see bot.core.moderation.nsfw_action)
+NsfwPolicy = Literal["blackout", "spoiler", "refuse"]
+NSFW_POLICIES: tuple[str, ...] = ("blackout", "spoiler", "refuse")
 
 FINAL_STATES: frozenset[JobState] = frozenset(s for s in JobState if s.is_final)
 
@@ -78,11 +79,11 @@ class GuildSettings:
 
     guild_id: str
     allowed_channels: list[str] = field(default_factory=list)  # empty: every channel
-    nsfw_policy: NsfwPolicy = "block"
-    limits: dict[str, Any] = field(default_factory=dict)  # e.g. max_steps, max_frames, max_queued_per_user
+    nsfw_policy: NsfwPolicy = "blackout"  # /admin nsfw
+    limits: dict[str, Any] = field(default_factory=dict)  # switches: "nsfw_only" (/admin channels nsfw_only)
     blocklist: list[str] = field(default_factory=list)  # regexes or words
-    gallery_public: bool = False
-    paused: bool = False
+    gallery_public: bool = False  # /admin gallery: results shown on the public status page
+    paused: bool = False  # /admin pause: new requests from this guild refused
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
