@@ -44,6 +44,7 @@ from tests.fake_discord import (
 )
 from tests.fake_discord.rest import ROUTES
 from tests.fake_discord.spec_check import find_operation, source_commit
+from tests.fake_discord.state import TALLY
 from tests.fake_discord.trim_spec import TRIMMED, find_commit, trim
 
 log = logging.getLogger(__name__)
@@ -848,3 +849,15 @@ def test_trimmed_description_is_what_the_script_makes_from_the_full_one() -> Non
     if not full.exists():
         pytest.skip("the full description is not on this machine")
     assert trim(json.loads(full.read_text()), find_commit(full)) == json.loads(TRIMMED.read_text())
+
+
+async def test_an_invalid_request_left_behind_fails_the_test_that_caused_it() -> None:
+    mark = len(TALLY.invalid)
+    with pytest.raises(AssertionError, match=r"(?s)refused 1 request.*BASE_TYPE_MAX_LENGTH"):
+        async with FakeDiscord() as fake:
+            url = f"{fake.api_base}/channels/{fake.guild.channel().id}/messages"
+            _, status = await send_raw(fake, "POST", url, {"content": "x" * 2001})
+            assert status == 400
+            [left] = fake.invalid_requests
+            assert TALLY.unexpected_since(mark) == [left]  # what the autouse fixture would report
+    assert TALLY.unexpected_since(mark) == []  # reported once, by leaving `async with`

@@ -3,6 +3,12 @@
 Start with `FakeDiscord` (see `server.py` for a usage example); build the world with
 `FakeGuild`, `FakeChannel`, `FakeRole`, `FakeUser`, `FakeMember`; read results as
 `FakeMessage`, `FakeAttachment`, `FakeInteraction` and `InteractionResponse`.
+
+Every request is checked as Discord checks it: against Discord's OpenAPI description
+(`discord_openapi.json`, trimmed by `trim_spec.py`, checked by `spec_check.py`) and the
+documented limits it does not encode (`messages.py`, `commands.py`); the bot's own permissions
+per channel (`FakeDiscord.set_bot_permissions`) decide what it may read and post. A refused
+request fails the test that caused it unless the test takes it back.
 """
 
 from __future__ import annotations
