@@ -8,14 +8,17 @@ re-queueing its running job) before the store closes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from bot import preflight
 from bot.core.executor import Executor, InProcessExecutor
 from bot.core.jobs import Job
 from bot.core.queue import JobQueue
@@ -117,7 +120,9 @@ async def running_services(
 
 
 @asynccontextmanager
-async def running_web_server(settings: Settings, services: Services) -> AsyncIterator[web.AppRunner]:
+async def running_web_server(
+    settings: Settings, services: Services, *, socks: Sequence[socket.socket] = ()
+) -> AsyncIterator[web.AppRunner]:
     app = create_web_app(
         settings=settings,
         store=services.store,
@@ -125,5 +130,40 @@ async def running_web_server(settings: Settings, services: Services) -> AsyncIte
         registry=services.registry,
         signer=services.signer,
     )
-    async with serve(app, host=settings.web_host, port=settings.web_port) as runner:
+    async with serve(app, host=settings.web_host, port=settings.web_port, socks=socks) as runner:
         yield runner
+
+
+@asynccontextmanager
+async def running_server(
+    settings: Settings, stop: asyncio.Event, *, start_queue: bool = True
+) -> AsyncIterator[Services]:
+    """What both entry points run, started in the order that fails fast (see `bot.preflight`).
+
+    Models named, port bound, results folder written, store open (a MongoDB that does not
+    answer is retried until `stop`), web server serving; then, with `start_queue`, the queue
+    starts and the GPU worker loads the models. Without it the caller starts the queue once
+    its listeners are registered (the Discord bot does, in `setup_hook`).
+    """
+    preflight.checked_registry(settings)
+    socks = preflight.bind_web_sockets(settings.web_host, settings.web_port)
+    try:
+        preflight.check_public_url(settings, socks[0].getsockname()[1])
+        preflight.check_results_dir(settings)
+        store = preflight.build_store(settings)
+        try:
+            await preflight.open_store(store, settings, stop)
+        except BaseException:
+            await store.close()
+            raise
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    async with (
+        running_services(settings, store=store, start_queue=False) as services,
+        running_web_server(settings, services, socks=socks),
+    ):
+        if start_queue:
+            await services.queue.start()
+        yield services

@@ -41,6 +41,7 @@ from generation.errors import GenerationCancelled, ModelUnavailable
 from generation.load_errors import unavailable
 from generation.media import to_rgb_uint8
 from generation.models import ModelSpec, build_registry, get_spec
+from generation.noise import quiet_known_warnings
 from generation.params import GenerationRequest, VideoRequest
 from generation.preview import LatentPreviewer
 from generation.safety import keep_unfiltered
@@ -48,6 +49,8 @@ from generation.settings import GenerationSettings
 from generation.tiny import ensure_tiny
 
 log = logging.getLogger(__name__)
+
+quiet_known_warnings()
 
 MEMORY_MODES = ("full", "offload", "sequential", "sequential_lowvae")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

@@ -21,7 +21,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from generation.noise import quiet_known_warnings
+
 log = logging.getLogger(__name__)
+
+quiet_known_warnings()
 
 #: bump when the architecture or vocabulary changes, so stale caches are rebuilt, not reused
 TINY_VERSION = 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -207,17 +208,22 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 @asynccontextmanager
-async def serve(app: web.Application, *, host: str, port: int) -> AsyncIterator[web.AppRunner]:
+async def serve(
+    app: web.Application, *, host: str, port: int, socks: Sequence[socket.socket] = ()
+) -> AsyncIterator[web.AppRunner]:
     """Run `app` on host:port until the block exits (port 0 picks a free port).
 
-    The bound address is `runner.addresses[0]`. Shutdown waits briefly for requests in
-    flight, then closes keep-alive connections.
+    With `socks` (already bound, see `bot.preflight.bind_web_sockets`) it serves on those
+    instead, so a port in use was reported before anything slow started. The bound address is
+    `runner.addresses[0]`. Shutdown waits briefly for requests in flight, then closes
+    keep-alive connections.
     """
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, host=host, port=port)
+    sites = [web.SockSite(runner, sock) for sock in socks] or [web.TCPSite(runner, host=host, port=port)]
     try:
-        await site.start()
+        for site in sites:
+            await site.start()
         log.info("web server listening on %s", ", ".join(f"http://{a[0]}:{a[1]}" for a in runner.addresses))
         yield runner
     finally:
