@@ -26,8 +26,9 @@ from bot.core.store import create_store
 from bot.core.store.base import Store
 from bot.core.store.buffer import BufferedStore
 from bot.settings import Settings
-from bot.web.app import create_web_app, default_checks, serve
+from bot.web.app import create_web_app, serve
 from bot.web.links import LinkSigner
+from bot.web.readiness import default_checks, run_checks
 from generation.models import ModelSpec, build_registry
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,14 @@ class Services:
 
     async def health(self) -> dict[str, Any]:
         """What /info shows: the same checks as /readyz, plus models and device."""
-        problems = []
-        for check in default_checks(store=self.store, queue=self.queue):
-            reason = await check()
-            if reason:
-                problems.append(reason)
+        problems = await run_checks(
+            default_checks(
+                store=self.store,
+                queue=self.queue,
+                results_dir=self.settings.results_dir,
+                min_free_disk_mb=self.settings.min_free_disk_mb,
+            )
+        )
         workers = self.queue.workers()
         executor = self.queue.executor
         worker = getattr(executor, "worker", None)

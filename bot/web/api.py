@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,13 @@ async def _create(request: web.Request, *, kind: str) -> web.Response:
         caller.key_name,
         submitted.position,
     )
-    payload = job_json(job, position=submitted.position, eta_s=submitted.eta_s, progress=None)
+    run_s = getattr(submitted, "run_s", None)
+    live = Live(
+        position=submitted.position,
+        eta_s=submitted.eta_s,
+        finish_in_s=None if run_s is None or submitted.eta_s is None else submitted.eta_s + run_s,
+    )
+    payload = job_json(job, live)
     location = request.app.router["get_job"].url_for(job_id=job.id)
     return web.json_response(payload, status=202, headers={"Location": str(location)})
 
@@ -217,17 +224,34 @@ def plausible_job_id(job_id: str) -> bool:
     return 0 < len(job_id) <= 64 and all(c.isalnum() or c in "-_" for c in job_id)
 
 
-def _live(request: web.Request, job: Job) -> tuple[int | None, float | None, dict[str, int] | None]:
-    """Position, ETA and progress of an active job, as the queue sees it right now."""
+@dataclass(frozen=True)
+class Live:
+    """Where an active job stands: place in line, seconds until it starts and until it is done."""
+
+    position: int | None = None
+    eta_s: float | None = None
+    finish_in_s: float | None = None
+    progress: dict[str, int] | None = None
+
+
+def _live(request: web.Request, job: Job) -> Live:
+    """Position, ETAs and progress of an active job, as the queue sees it right now."""
     if job.state.is_final:
-        return None, None, None
+        return Live()
     queue = request.app[QUEUE_KEY]
     position = queue.position(job.id)
     eta = queue.eta_s(job.id)
-    progress = None
+    progress = finish = None
     if job.state is JobState.IN_PROGRESS or position == 0:
-        progress = job_progress(queue.snapshot(), job.id)
-    return position, eta, progress
+        snap = queue.snapshot()
+        progress = job_progress(snap, job.id)
+        remaining = getattr(queue, "remaining_s", None)
+        finish = remaining(job.id) if remaining is not None else None
+    elif eta is not None:
+        entries = getattr(queue.snapshot(), "queued", ())
+        run_s = next((getattr(e, "run_s", None) for e in entries if e.job.id == job.id), None)
+        finish = None if run_s is None else eta + run_s
+    return Live(position=position, eta_s=eta, finish_in_s=finish, progress=progress)
 
 
 def job_progress(snap: Any, job_id: str) -> dict[str, int] | None:
@@ -239,8 +263,7 @@ def job_progress(snap: Any, job_id: str) -> dict[str, int] | None:
 async def get_job(request: web.Request) -> web.Response:
     caller = await authorize(request)
     job = await _own_job(request, caller)
-    position, eta, progress = _live(request, job)
-    return web.json_response(job_json(job, position=position, eta_s=eta, progress=progress))
+    return web.json_response(job_json(job, _live(request, job)))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -252,8 +275,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         )
     job = await request.app[QUEUE_KEY].cancel(job.id, by_user_id=caller.user_id, is_admin=False)
     log.info("api: job %s cancelled by key %r (state now %s)", job.id, caller.key_name, job.state.value)
-    position, eta, progress = _live(request, job)
-    return web.json_response(job_json(job, position=position, eta_s=eta, progress=progress))
+    return web.json_response(job_json(job, _live(request, job)))
 
 
 async def get_result(request: web.Request) -> web.StreamResponse:
@@ -312,9 +334,11 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def job_json(
-    job: Job, *, position: int | None, eta_s: float | None, progress: dict[str, int] | None
-) -> dict[str, Any]:
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def job_json(job: Job, live: Live) -> dict[str, Any]:
     result = None
     if job.state is JobState.COMPLETE and job.result_path:
         result = {
@@ -332,9 +356,10 @@ def job_json(
         "seed": job.seed,
         "params": job.params,
         "notes": job.notes,
-        "position": position,
-        "eta_s": eta_s,
-        "progress": progress,
+        "position": live.position,
+        "eta_s": _seconds(live.eta_s),
+        "finish_in_s": _seconds(live.finish_in_s),
+        "progress": live.progress,
         "cancel_requested": job.cancel_requested,
         "parent_id": job.parent_id,
         "created_at": _iso(job.created_at),

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +33,11 @@ from bot.web.keys import (
     SETTINGS_KEY,
     SIGNER_KEY,
     STORE_KEY,
+    TROUBLE_KEY,
 )
 from bot.web.links import LinkSigner
 from bot.web.media import PosterIndex
+from bot.web.readiness import ReadinessCheck, default_checks, run_checks
 
 if TYPE_CHECKING:
     from bot.core.store import Store
@@ -44,10 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: a readiness check returns None when fine, else a short reason shown by /readyz
-ReadinessCheck = Callable[[], Awaitable[str | None]]
-
-PING_TIMEOUT_S = 2.0
 #: JSON bodies are small; this caps what a client can make us buffer
 MAX_BODY_BYTES = 64 * 1024
 
@@ -78,9 +76,17 @@ def create_web_app(
     app[MODERATOR_KEY] = Moderator(store=store, blocklist=settings.prompt_blocklist)
     app[SIGNER_KEY] = signer or LinkSigner.from_settings(settings)
     app[POSTERS_KEY] = PosterIndex(results_dir=settings.results_dir)
+    app[TROUBLE_KEY] = status_page.RecentTrouble()
     listener = metrics.QueueMetrics()
     app[BUSY_KEY] = listener.busy
-    app[CHECKS_KEY] = list(checks) if checks is not None else default_checks(store=store, queue=queue)
+    if checks is None:
+        checks = default_checks(
+            store=store,
+            queue=queue,
+            results_dir=settings.results_dir,
+            min_free_disk_mb=settings.min_free_disk_mb,
+        )
+    app[CHECKS_KEY] = list(checks)
 
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
@@ -94,11 +100,12 @@ def create_web_app(
             queue.add_listener(listener)
         if hasattr(queue, "add_listener"):
             queue.add_listener(app[POSTERS_KEY])
+            queue.add_listener(app[TROUBLE_KEY])
 
     async def on_cleanup(app: web.Application) -> None:
         remove = getattr(queue, "remove_listener", None)
         if remove is not None:
-            for item in (listener, app[POSTERS_KEY]):
+            for item in (listener, app[POSTERS_KEY], app[TROUBLE_KEY]):
                 with contextlib.suppress(KeyError, ValueError):
                     remove(item)
 
@@ -119,71 +126,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready to take jobs: every check passes. 503 with the list of reasons otherwise."""
-    checks = request.app[CHECKS_KEY]
-    results = await asyncio.gather(*(_run_check(check) for check in checks))
-    reasons = [reason for reason in results if reason]
+    reasons = await run_checks(request.app[CHECKS_KEY])
     if reasons:
         return web.json_response({"status": "not_ready", "reasons": reasons}, status=503)
     return web.json_response({"status": "ready", "reasons": []})
-
-
-async def _run_check(check: ReadinessCheck) -> str | None:
-    try:
-        return await check()
-    except Exception as exc:  # a broken probe must say so, not take /readyz down
-        log.warning("readiness check %r failed", check, exc_info=True)
-        return f"readiness check failed: {type(exc).__name__}"
-
-
-def default_checks(*, store: Any, queue: Any) -> list[ReadinessCheck]:
-    """Store reachable, queue started, every worker alive, models loaded.
-
-    Asks whatever the queue exposes: `started`, `workers()` (each with `.alive`), and for the
-    models a `models_loaded()` method on the queue or its executor when there is one, else
-    whether the in-process GPU worker has built its pipeline manager (which happens after the
-    preloaded models are resident).
-    """
-
-    async def store_check() -> str | None:
-        try:
-            ok = await asyncio.wait_for(store.ping(), timeout=PING_TIMEOUT_S)
-        except TimeoutError:
-            return f"store unreachable (no answer to ping within {PING_TIMEOUT_S:g} s)"
-        except Exception as exc:
-            return f"store unreachable ({type(exc).__name__})"
-        return None if ok else "store unreachable (ping failed)"
-
-    async def worker_check() -> str | None:
-        if getattr(queue, "started", True) is False:
-            return "queue not started"
-        workers = getattr(queue, "workers", None)
-        if workers is None:
-            return None
-        found = workers()
-        if not found:
-            return "no GPU worker is running"
-        dead = [w.id for w in found if not getattr(w, "alive", True)]
-        return f"GPU worker not alive: {', '.join(dead)}" if dead else None
-
-    async def models_check() -> str | None:
-        executor = getattr(queue, "executor", None)
-        for owner in (queue, executor):
-            probe = getattr(owner, "models_loaded", None) if owner is not None else None
-            if probe is not None:
-                value = probe() if callable(probe) else probe
-                if asyncio.iscoroutine(value):
-                    value = await value
-                if isinstance(value, str):
-                    return value or None
-                return None if value else "models not loaded"
-        if executor is None or not hasattr(executor, "worker"):
-            return None  # remote workers report through workers()
-        worker = executor.worker
-        if worker is None or getattr(worker, "manager", None) is None:
-            return "models not loaded (the GPU worker is still starting)"
-        return None
-
-    return [store_check, worker_check, models_check]
 
 
 # -- metrics -----------------------------------------------------------------------------------

@@ -386,6 +386,7 @@ def build_openapi(
             "params",
             "position",
             "eta_s",
+            "finish_in_s",
             "progress",
             "created_at",
             "error",
@@ -410,7 +411,15 @@ def build_openapi(
                 "minimum": 0,
                 "description": "0 while running, 1 = next; null once finished.",
             },
-            "eta_s": {"type": ["number", "null"], "description": "Estimated seconds until the job finishes."},
+            "eta_s": {
+                "type": ["number", "null"],
+                "description": "Estimated seconds until the job starts: 0 once it runs, null once finished.",
+            },
+            "finish_in_s": {
+                "type": ["number", "null"],
+                "description": "Estimated seconds until the job is done (waiting plus running); "
+                "null once finished or when no estimate exists yet.",
+            },
             "progress": {
                 "oneOf": [
                     {"type": "null"},
@@ -480,7 +489,7 @@ def build_openapi(
                         "kind": {"type": "string"},
                         "model": {"type": "string"},
                         "position": {"type": ["integer", "null"]},
-                        "eta_s": {"type": ["number", "null"]},
+                        "eta_s": {"type": ["number", "null"], "description": "Seconds until it starts."},
                     },
                 },
             },
