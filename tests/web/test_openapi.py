@@ -30,7 +30,8 @@ from tests.web.conftest import auth, make_web_settings
 pytestmark = pytest.mark.timeout(120)
 
 # routes that are for browsers, not API clients, and stay out of the document
-UNDOCUMENTED = {"/", "/gallery/{job_id}", "/gallery/{job_id}/poster"}
+#: the status page and what it loads: for browsers, not API clients
+UNDOCUMENTED = {"/", "/status.json", "/status.js", "/gallery/{job_id}", "/gallery/{job_id}/poster"}
 
 
 class LiveServer:
