@@ -40,6 +40,7 @@ DEMO_SETTINGS: dict[str, object] = {
     "queue_url": None,
     "store_url": f"sqlite:///{DEMO_DIR / 'bot.db'}",
     "results_dir": str(DEMO_DIR / "results"),
+    "public_api_keys": ["demo"],  # the demo's pictures appear on the status page
 }
 
 

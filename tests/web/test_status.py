@@ -126,9 +126,8 @@ async def test_the_status_page_updates_itself_in_place(
     gate,  # noqa: F811
 ) -> None:
     reached, release = gate
-    app = create_web_app(
-        settings=web_settings, store=store, queue=real_queue, registry=build_registry(web_settings)
-    )
+    settings = web_settings.model_copy(update={"public_api_keys": ["alice"]})  # alice's results are public
+    app = create_web_app(settings=settings, store=store, queue=real_queue, registry=build_registry(settings))
     async with serve(app, host="127.0.0.1", port=0) as runner:
         host, port = runner.addresses[0][:2]
         base = f"http://{host}:{port}"
