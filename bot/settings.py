@@ -117,7 +117,7 @@ class Settings(ScaleoutSettings):
         try:
             return [validate_pattern(entry) for entry in entries]
         except InvalidRequest as exc:
-            raise ValueError(exc.message) from None
+            raise ValueError(f"PROMPT_BLOCKLIST: {exc.message}") from None
 
     @field_validator("web_port")
     @classmethod

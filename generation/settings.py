@@ -122,6 +122,7 @@ def settings_error_lines(exc: ValidationError | SettingsError, model: type[BaseS
         name = loc[0].upper() if loc else "SETTINGS"
         where = f" (entry {'.'.join(loc[1:])!r})" if len(loc) > 1 else ""
         message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        message = message.removeprefix(f"{name}: ")
         if error["type"] in {"dict_type", "dict_parsing"} and loc and loc[0] in JSON_EXAMPLES:
             message = f"must be a JSON object, e.g. {JSON_EXAMPLES[loc[0]]}"
         value = error.get("input")
