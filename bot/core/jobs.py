@@ -85,6 +85,8 @@ class Job:
     status_message_id: str | None = None  # the "queued / progress" message we edit
     upload_limit_bytes: int | None = None  # the channel's attachment limit when it was asked
     bot_permissions: int | None = None  # the bot's permission bits in that channel when it was asked
+    nsfw_action: str = "blackout"  # if the safety checker flags it: blackout, spoiler or refuse
+    nsfw_detected: bool = False  # the safety checker flagged the result
     #: what validation adjusted (a frame count snapped to the model's rule...), as the requester was told
     notes: list[str] = field(default_factory=list)
 

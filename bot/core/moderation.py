@@ -16,7 +16,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
+from bot.core.jobs import Job
 from bot.core.store.base import GuildSettings, Store
 from generation.errors import InvalidRequest, UserError
 
@@ -85,6 +87,24 @@ def blocked_by(text: str, blocklist: list[str]) -> str | None:
     return None
 
 
+NSFW_BLACKOUT, NSFW_SPOILER, NSFW_REFUSE = "blackout", "spoiler", "refuse"
+
+
+def nsfw_action(policy: str, *, channel_is_nsfw: bool) -> str:
+    """What happens to this request's picture if the safety checker flags it, under a server's
+    `nsfw_policy`: a spoiler only in an age-restricted channel (blacked out elsewhere); an unknown
+    or missing policy blacks it out, as diffusers does by default."""
+    if policy == NSFW_SPOILER:
+        return NSFW_SPOILER if channel_is_nsfw else NSFW_BLACKOUT
+    return NSFW_REFUSE if policy == NSFW_REFUSE else NSFW_BLACKOUT
+
+
+def refused_as_nsfw(job: Job, result: Any) -> bool:
+    """The picture was flagged and the server refuses flagged pictures: it is not posted, and its
+    GPU time is not charged to the member, so trying another seed costs them nothing."""
+    return job.nsfw_action == NSFW_REFUSE and bool(getattr(result, "nsfw_detected", False))
+
+
 class Moderator:
     """Applies the bot-wide blocklist, and inside a server its pause, channels, NSFW-only mode and
     blocklist."""
@@ -92,6 +112,13 @@ class Moderator:
     def __init__(self, *, store: Store, blocklist: Sequence[str] = ()) -> None:
         self._store = store
         self._blocklist = list(blocklist)
+
+    async def nsfw_action(self, ctx: RequestContext) -> str:
+        """This request's `Job.nsfw_action`, from its server's policy and channel."""
+        if ctx.guild_id is None:
+            return NSFW_BLACKOUT
+        policy = (await self._store.get_guild_settings(ctx.guild_id)).nsfw_policy
+        return nsfw_action(policy, channel_is_nsfw=ctx.channel_is_nsfw)
 
     async def check(self, ctx: RequestContext, *, prompt: str, negative_prompt: str | None) -> None:
         """Raise the UserError to show if the request may not be queued here."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.core.jobs import Job
+from bot.core.moderation import NSFW_SPOILER
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,11 @@ class JobResult:
     height: int
     frames: int
     fps: int | None
+    nsfw_detected: bool = False  # the safety checker flagged the picture
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "nsfw_detected": self.nsfw_detected,
             "path": self.path,
             "media_type": self.media_type,
             "size_bytes": self.size_bytes,
@@ -92,6 +95,9 @@ class ResultWriter:
         if not output.images:
             raise ValueError(f"job {job.id}: the generation produced neither frames nor images")
         image = output.images[0]
+        flagged = bool(getattr(output, "nsfw_detected", False))
+        if flagged and job.nsfw_action == NSFW_SPOILER and getattr(output, "unfiltered", None):
+            image = output.unfiltered[0]  # posted behind a spoiler, in an age-restricted channel only
         data = media.encode_png(image, png_metadata(job, request))
         path = self.path_for(job, ".png")
         _write_atomic(path, data)
@@ -104,6 +110,7 @@ class ResultWriter:
             height=int(image.height),
             frames=1,
             fps=None,
+            nsfw_detected=flagged,
         )
 
     def result_for(self, job: Job) -> JobResult | None:
@@ -128,6 +135,7 @@ class ResultWriter:
             height=int(params.get("height") or 0),
             frames=int(params.get("frames") or 1) if video else 1,
             fps=int(params.get("fps") or 8) if video else None,
+            nsfw_detected=job.nsfw_detected,
         )
 
 

@@ -90,9 +90,9 @@ class Actions:
     async def submit(self, interaction: discord.Interaction[Any], job: Job) -> Job:
         """Moderate, persist, post the public status message, and tell the member privately."""
         check_can_deliver(interaction)
-        await self.bot.moderator.check(
-            self._context(interaction), prompt=job.prompt, negative_prompt=job.negative_prompt
-        )
+        ctx = self._context(interaction)
+        await self.bot.moderator.check(ctx, prompt=job.prompt, negative_prompt=job.negative_prompt)
+        job.nsfw_action = await self.bot.moderator.nsfw_action(ctx)
         submitted = await self.bot.queue.submit(job)
         job = submitted.job
         text = queued_status(job, position=submitted.position, eta_s=submitted.eta_s)

@@ -22,6 +22,7 @@ import discord
 
 from bot.core import metrics
 from bot.core.jobs import Job, JobState
+from bot.core.moderation import NSFW_SPOILER, refused_as_nsfw
 from bot.discord_ui.formatting import final_status, progress_status, result_embed
 from bot.discord_ui.views import result_view
 from generation import media
@@ -186,24 +187,10 @@ class DiscordDelivery:
     # -- delivery ----------------------------------------------------------------------------------
     async def _deliver(self, job: Job, result: JobResult) -> None:
         channel = self.bot.get_partial_messageable(int(job.channel_id or 0))
-        limit = int((job.upload_limit_bytes or DEFAULT_UPLOAD_LIMIT) * UPLOAD_MARGIN)
-        path = Path(result.path)
-        name = f"{job.kind}-{job.id[:8]}{path.suffix}"
-        data: bytes | None = await asyncio.to_thread(path.read_bytes)
-        if data is not None and len(data) > limit:
-            data = await self._fit(job, path, limit)
-        message: discord.Message | None = None
-        if data is not None:
-            try:
-                message = await self._post(
-                    channel, job, file=discord.File(io.BytesIO(data), filename=name), name=name
-                )
-            except discord.HTTPException as exc:
-                if not _too_large(exc):
-                    raise
-                log.info("job %s: upload refused as too large (%s); falling back to a link", job.id, exc.code)
-        if message is None:
-            message = await self._post_link(channel, job, result, limit=limit)
+        if refused_as_nsfw(job, result):
+            message = await self._post_refusal(channel, job)
+        else:
+            message = await self._post_result(channel, job, result)
         await self.bot.queue.mark_delivered(job.id, str(message.id))
         job.result_message_id = str(message.id)
         status = self._status_message(job)
@@ -213,6 +200,35 @@ class DiscordDelivery:
                 await status.delete()
             except discord.HTTPException:
                 log.debug("job %s: status message already gone", job.id)
+
+    async def _post_result(self, channel: Any, job: Job, result: JobResult) -> Any:
+        """The file attached, re-encoded to fit, or as a signed link when nothing fits."""
+        limit = int((job.upload_limit_bytes or DEFAULT_UPLOAD_LIMIT) * UPLOAD_MARGIN)
+        path = Path(result.path)
+        name = f"{job.kind}-{job.id[:8]}{path.suffix}"
+        data: bytes | None = await asyncio.to_thread(path.read_bytes)
+        if data is not None and len(data) > limit:
+            data = await self._fit(job, path, limit)
+        if data is not None:
+            try:
+                return await self._post(channel, job, data=data, name=name)
+            except discord.HTTPException as exc:
+                if not _too_large(exc):
+                    raise
+                log.info("job %s: upload refused as too large (%s); falling back to a link", job.id, exc.code)
+        return await self._post_link(channel, job, result, limit=limit)
+
+    async def _post_refusal(self, channel: Any, job: Job) -> Any:
+        """The server refuses flagged pictures: say so where the result would have been, with the
+        parameters and a Reroll button (the refused run was not charged)."""
+        log.info("job %s: flagged by the safety checker; refused under the server's policy", job.id)
+        return await channel.send(
+            content=f"<@{job.user_id}>",
+            embed=result_embed(job, attachment_name=None),  # its note says what happened
+            view=result_view(job.id),
+            allowed_mentions=_mention_only(job.user_id),
+            nonce=result_nonce(job.id),
+        )
 
     async def _fit(self, job: Job, path: Path, limit: int) -> bytes | None:
         """A smaller re-encode of a video that fits `limit`, or None (then a link is posted)."""
@@ -233,12 +249,13 @@ class DiscordDelivery:
         )
         return fitted.data
 
-    async def _post(
-        self, channel: Any, job: Job, *, file: discord.File, name: str, link: str | None = None
-    ) -> Any:
+    async def _post(self, channel: Any, job: Job, *, data: bytes, name: str, link: str | None = None) -> Any:
+        # a flagged picture the server shows behind a spoiler must not show in the embed too
+        spoiler = job.nsfw_detected and job.nsfw_action == NSFW_SPOILER
+        file = discord.File(io.BytesIO(data), filename=name, spoiler=spoiler)
         return await channel.send(
             content=f"<@{job.user_id}>",
-            embed=result_embed(job, attachment_name=name, link=link),
+            embed=result_embed(job, attachment_name=None if spoiler else name, link=link),
             file=file,
             view=result_view(job.id),
             allowed_mentions=_mention_only(job.user_id),
@@ -254,9 +271,7 @@ class DiscordDelivery:
         poster_bytes = await asyncio.to_thread(Path(poster).read_bytes) if poster else b""
         if poster and 0 < len(poster_bytes) <= limit:
             name = f"poster-{job.id[:8]}{Path(poster).suffix}"
-            return await self._post(
-                channel, job, file=discord.File(io.BytesIO(poster_bytes), filename=name), name=name, link=link
-            )
+            return await self._post(channel, job, data=poster_bytes, name=name, link=link)
         return await channel.send(
             content=f"<@{job.user_id}>",
             embed=result_embed(job, attachment_name=None, link=link),

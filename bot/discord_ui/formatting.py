@@ -101,6 +101,22 @@ def parameter_fields(job: Job) -> list[tuple[str, str]]:
     return fields
 
 
+NSFW_NOTES = {
+    "blackout": "The safety checker flagged this picture, so it is blacked out (this server's policy).",
+    "spoiler": "The safety checker flagged this picture: it is behind a spoiler (this server allows "
+    "that in age-restricted channels).",
+    "refuse": "The safety checker flagged this picture, and this server does not post flagged pictures. "
+    "It was not counted against your quota: **Reroll** tries another seed for free.",
+}
+
+
+def nsfw_note(job: Job) -> str | None:
+    """What the member is told when the safety checker flagged their picture, by the server's policy."""
+    if not job.nsfw_detected:
+        return None
+    return NSFW_NOTES.get(job.nsfw_action, NSFW_NOTES["blackout"])
+
+
 def result_embed(job: Job, *, attachment_name: str | None, link: str | None = None) -> discord.Embed:
     """Every parameter a member needs to reproduce the result, seed included."""
     embed = discord.Embed(
@@ -112,6 +128,9 @@ def result_embed(job: Job, *, attachment_name: str | None, link: str | None = No
     )
     for name, value in parameter_fields(job):
         embed.add_field(name=name, value=value, inline=True)
+    note = nsfw_note(job)
+    if note:
+        embed.add_field(name="⚠️ Safety checker", value=note, inline=False)
     if link:
         embed.add_field(
             name="Download", value=f"[{job.kind} file]({link}) (too large to attach)", inline=False

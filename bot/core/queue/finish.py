@@ -20,6 +20,7 @@ from typing import Any
 
 from bot.core.executor import Outcome
 from bot.core.jobs import Job, JobState
+from bot.core.moderation import refused_as_nsfw
 from bot.core.queue.eta import Estimates
 from bot.core.queue.limits import Limits
 from bot.core.queue.redelivery import Redelivery
@@ -37,6 +38,12 @@ PENDING_RETRY_MAX_S = 60.0
 
 Write = Callable[[], Awaitable[Job | None]]
 Then = Callable[[Job | None], Awaitable[None]]
+
+
+def charged_seconds(job: Job, outcome: Outcome) -> float:
+    """The GPU seconds the member pays for (`Job.gpu_seconds`, what quotas sum): all of them, except
+    for a picture their server refuses as NSFW (the device time stays in `timings`)."""
+    return 0.0 if refused_as_nsfw(job, outcome.result) else outcome.gpu_seconds
 
 
 def exhausted_error(attempts: int) -> str:
@@ -118,7 +125,7 @@ class Finisher:
     @staticmethod
     def _end_changes(job: Job, outcome: Outcome) -> dict[str, Any]:
         changes: dict[str, Any] = {
-            "gpu_seconds": round(outcome.gpu_seconds, 3),
+            "gpu_seconds": round(charged_seconds(job, outcome), 3),
             "timings": {**job.timings, **{k: round(v, 4) for k, v in outcome.timings.items()}},
         }
         if job.started_at is not None:
@@ -126,6 +133,7 @@ class Finisher:
         if outcome.state is JobState.COMPLETE and outcome.result is not None:
             changes["result_path"] = outcome.result.path
             changes["result_bytes"] = outcome.result.size_bytes
+            changes["nsfw_detected"] = outcome.result.nsfw_detected
         elif outcome.state is JobState.CANCELLED:
             changes["error"] = outcome.error or "Cancelled."
         elif outcome.state is JobState.FAILED:
@@ -149,9 +157,10 @@ class Finisher:
         if outcome.state is JobState.COMPLETE and outcome.gpu_seconds > 0:
             self.estimates.observe(done, outcome.gpu_seconds)
         if outcome.gpu_seconds > 0 or outcome.state is JobState.COMPLETE:
-            self.limits.count_usage(done, outcome.gpu_seconds)
+            charged = charged_seconds(done, outcome)
+            self.limits.count_usage(done, charged)
             try:
-                await self.state.store.add_usage(done.user_id, jobs=1, gpu_seconds=outcome.gpu_seconds)
+                await self.state.store.add_usage(done.user_id, jobs=1, gpu_seconds=charged)
             except StoreUnavailable:
                 log.warning("job %s: usage not recorded (store unavailable)", job_id)
         _log_end(done, outcome)

@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NONE = discord.AllowedMentions.none()
+SERVER, EVERYWHERE = "server", "everywhere"
+SCOPE_HELP = "This server (default), or every server (the bot's owner only)"
+SCOPES = [
+    app_commands.Choice(name="this server", value=SERVER),
+    app_commands.Choice(name="every server (the bot's owner only)", value=EVERYWHERE),
+]
+NSFW_CHOICES = [
+    app_commands.Choice(name="black them out (default)", value="blackout"),
+    app_commands.Choice(name="spoilers in age-restricted channels, blacked out elsewhere", value="spoiler"),
+    app_commands.Choice(name="refuse them; the member's reroll is free", value="refuse"),
+]
 
 
 class NotAdmin(app_commands.CheckFailure):
@@ -169,22 +180,82 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Moderate t
         await self._done(interaction, body[:1900])
 
     # -- queue control ----------------------------------------------------------------------------------
+    async def _everywhere(self, interaction: discord.Interaction[Any], scope: str) -> bool:
+        """Whether to act on every server; only the bot's owner may (the Discord application's owner
+        or team), since one server's admins must not stop the bot for the others."""
+        if scope != EVERYWHERE:
+            return False
+        if not await self.bot.is_owner(interaction.user):
+            raise InvalidRequest(
+                "Only the bot's owner can pause or resume it on every server. "
+                "Leave `scope` empty to pause or resume it on this server."
+            )
+        return True
+
     @app_commands.command(name="pause")
-    @app_commands.describe(reason="Why (for the audit log)")
-    async def pause(self, interaction: discord.Interaction[Any], reason: str | None = None) -> None:
-        """Stop starting new jobs (the running one finishes; new requests are refused politely)."""
+    @app_commands.describe(scope=SCOPE_HELP, reason="Why (for the audit log)")
+    @app_commands.choices(scope=SCOPES)
+    async def pause(
+        self, interaction: discord.Interaction[Any], scope: str = SERVER, reason: str | None = None
+    ) -> None:
+        """Refuse new requests on this server (or pause the whole queue: the bot's owner only)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await self.bot.queue.pause(by=str(interaction.user.id))
-        await self.bot.audit(interaction, action="pause", reason=reason)
-        await self._done(interaction, "Queue paused.")
+        if await self._everywhere(interaction, scope):
+            await self.bot.queue.pause(by=str(interaction.user.id))
+            text = "Paused on every server: the running job finishes; nothing new starts until resumed."
+        else:
+            await self.bot.store.update_guild_settings(self._guild(interaction), paused=True)
+            text = (
+                "Paused on this server: new requests here are refused politely until `/admin resume`. "
+                "Requests already queued still run (`/admin purge` cancels them); "
+                "other servers are not affected."
+            )
+        await self.bot.audit(interaction, action="pause", reason=reason, details={"scope": scope})
+        await self._done(interaction, text)
 
     @app_commands.command(name="resume")
-    async def resume(self, interaction: discord.Interaction[Any]) -> None:
-        """Start serving the queue again."""
+    @app_commands.describe(scope=SCOPE_HELP)
+    @app_commands.choices(scope=SCOPES)
+    async def resume(self, interaction: discord.Interaction[Any], scope: str = SERVER) -> None:
+        """Take requests again on this server (or everywhere, after a pause of every server)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await self.bot.queue.resume(by=str(interaction.user.id))
-        await self.bot.audit(interaction, action="resume")
-        await self._done(interaction, "Queue resumed.")
+        if await self._everywhere(interaction, scope):
+            await self.bot.queue.resume(by=str(interaction.user.id))
+            text = "Resumed on every server."
+        else:
+            await self.bot.store.update_guild_settings(self._guild(interaction), paused=False)
+            text = "Resumed on this server."
+            if self.bot.queue.paused:
+                text += " The bot's owner has also paused it on every server; that pause still holds."
+        await self.bot.audit(interaction, action="resume", details={"scope": scope})
+        await self._done(interaction, text)
+
+    # -- server settings ------------------------------------------------------------------------------
+    @app_commands.command(name="gallery")
+    @app_commands.describe(public="Show this server's prompts and results on the bot's public status page")
+    async def gallery(self, interaction: discord.Interaction[Any], public: bool) -> None:
+        """Choose whether this server's results appear on the bot's public status page."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.bot.store.update_guild_settings(self._guild(interaction), gallery_public=public)
+        await self.bot.audit(interaction, action="gallery", details={"public": public})
+        where = self.bot.settings.public_url
+        await self._done(
+            interaction,
+            f"This server's prompts and results now appear on the public status page ({where})."
+            if public
+            else "This server's prompts and results no longer appear on the public status page.",
+        )
+
+    @app_commands.command(name="nsfw")
+    @app_commands.describe(policy="What happens when the safety checker flags a picture")
+    @app_commands.choices(policy=NSFW_CHOICES)
+    async def nsfw(self, interaction: discord.Interaction[Any], policy: str) -> None:
+        """Choose what happens when the safety checker flags a picture on this server."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.bot.store.update_guild_settings(self._guild(interaction), nsfw_policy=policy)
+        await self.bot.audit(interaction, action="nsfw_policy", target=policy)
+        chosen = next(c.name for c in NSFW_CHOICES if c.value == policy)
+        await self._done(interaction, f"Pictures the safety checker flags: {chosen}. Members are told which.")
 
     @app_commands.command(name="purge")
     @app_commands.describe(

@@ -36,9 +36,11 @@ class Queue(commands.GroupCog, group_name="queue", group_description="See and ma
         await interaction.response.defer(ephemeral=True, thinking=True)
         snap = self.bot.queue.snapshot()
         me = str(interaction.user.id)
-        lines = [
-            f"**Queue:** {len(snap.queued)} waiting" + (" · ⏸️ paused by an admin" if snap.paused else "")
-        ]
+        paused = " · ⏸️ paused by the bot's owner" if snap.paused else ""
+        guild_id = str(interaction.guild_id) if interaction.guild_id else None
+        if not paused and guild_id and (await self.bot.store.get_guild_settings(guild_id)).paused:
+            paused = " · ⏸️ paused on this server by its admins"
+        lines = [f"**Queue:** {len(snap.queued)} waiting{paused}"]
         for entry in snap.running[:MAX_LISTED]:
             job = entry.job
             lines.append(
