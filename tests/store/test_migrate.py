@@ -65,7 +65,7 @@ async def populate(store: Store, *, jobs: int = 40) -> None:
     await store.set_user_quota("u2", max_queued=3, daily_gpu_seconds=120.5)
     await store.add_usage("u0", jobs=7, gpu_seconds=33.25)
     await store.update_guild_settings("g0", allowed_channels=["c1", "c2"], blocklist=["re:gh?ost"])
-    await store.update_guild_settings("g1", nsfw_policy="allow", limits={"max_steps": 30}, paused=True)
+    await store.update_guild_settings("g1", nsfw_policy="spoiler", limits={"max_steps": 30}, paused=True)
     for i in range(12):
         await store.add_audit(
             AuditEntry(

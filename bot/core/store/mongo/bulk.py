@@ -71,12 +71,15 @@ class MongoBulk(MongoConnection):
     ) -> AsyncIterator[list[dict[str, Any]]]:
         cursor = self._collection(collection).find(_NOT_RECORDS.get(collection, {})).sort(_SORT[collection])
         batch: list[dict[str, Any]] = []
-        async with self._guard():
-            async for doc in cursor:
-                batch.append(_record(collection, doc))
-                if len(batch) >= batch_size:
-                    yield batch
-                    batch = []
+        try:
+            async with self._guard():
+                async for doc in cursor:
+                    batch.append(_record(collection, doc))
+                    if len(batch) >= batch_size:
+                        yield batch
+                        batch = []
+        finally:
+            await cursor.close()  # at once, also when the copy stops midway
         if batch:
             yield batch
 
