@@ -11,7 +11,13 @@ test can reach the network or depend on a developer's `.env`.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import os
+import signal
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +38,72 @@ pytest_plugins = ["tests.real_mongodb"]
 # The twins are far too small to gain from intra-op threads, and on a shared 2-core machine
 # OpenMP's spinning workers triple the CPU time the suite takes (measured: 9 s vs 30 s).
 torch.set_num_threads(1)
+
+
+#: Linux prctl option: orphaned grandchildren are re-parented to this process, not to init
+PR_SET_CHILD_SUBREAPER = 36
+#: how long processes that are already on their way out get before they count as left running
+EXIT_GRACE_S = 5.0
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, state letter) of a process, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[1].split()  # the command name in parentheses may hold spaces
+    return int(fields[1]), fields[0]
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def live_descendants(root: int) -> dict[int, str]:
+    """Every process below `root` that is still running (zombies are dead), with its command line."""
+    children: dict[int, list[int]] = {}
+    states: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            children.setdefault(stat[0], []).append(int(entry.name))
+            states[int(entry.name)] = stat[1]
+    found: dict[int, str] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        if states.get(pid) != "Z":
+            found[pid] = _command_line(pid)
+    return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # so that a grandchild whose parent died (a bot's ffmpeg, a browser's renderer) still counts
+    # as ours in the check below, instead of escaping to init
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running() -> Iterator[None]:
+    """Fails the run if a process a test started outlives the session: every process belongs to a
+    fixture or test that stops it. Leftovers are named, then killed."""
+    yield
+    if not Path("/proc/self/stat").exists():
+        return
+    deadline = time.monotonic() + EXIT_GRACE_S
+    while (left := live_descendants(os.getpid())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, "processes left running after the tests:\n" + "\n".join(
+        f"  pid {pid}: {cmd}" for pid, cmd in sorted(left.items())
+    )
 
 
 def make_tiny_settings(cache_dir: Path, **overrides: object) -> GenerationSettings:

@@ -183,8 +183,10 @@ async def bot_process(
             sys.stderr.write(bot.log_text()[-6000:])
             raise
         finally:
-            with contextlib.suppress(TimeoutError, ProcessLookupError):
-                await stop_bot(bot.proc)
+            # the restart test swaps in a process of its own: stop whichever runs now, and the first
+            for running in {bot.proc, proc}:
+                with contextlib.suppress(TimeoutError, ProcessLookupError):
+                    await stop_bot(running)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
