@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from bot.core.jobs import Job, JobState
 from generation.params import clean_text
 from tests.fake_discord import FakeInteraction
-from tests.reliability.conftest import BAD_LOG_MARKERS, Deployment, read_jobs
+from tests.reliability.conftest import BAD_LOG_MARKERS, Deployment, read_jobs, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -465,13 +465,40 @@ class Fuzzer:
 
             report.outcomes = list(await asyncio.gather(*(one(c) for c in cases)))
         report.seconds = time.monotonic() - t0
-        await asyncio.sleep(1.0)  # let the last cancels and deliveries land
+        report.problems += await self.settled(report.outcomes)
         report.problems += self.check_log(log_mark)
         report.problems += self.check_pings(messages_before)
         report.problems += await self.check_request_log(report.outcomes)
         if self.bot.discord.internal_errors:
             report.problems += [f"fake Discord error: {e}"[:300] for e in self.bot.discord.internal_errors]
         return report
+
+    async def settled(self, outcomes: list[Outcome], *, timeout: float = 60.0) -> list[str]:
+        """Waits until every accepted job has ended and each finished one from Discord has been posted
+        (its result message recorded): only then are the pings and the request log final. Returns
+        the jobs that did not get there, as problems."""
+        accepted = {o.accepted for o in outcomes if o.accepted}
+        pending: list[str] = []
+
+        async def done() -> bool:
+            jobs = (await read_jobs(self.bot.db_path)).values()
+            pending[:] = [
+                f"job {j.id} is {j.state.value}, result message {j.result_message_id}"
+                for j in jobs
+                if (j.id in accepted or j.id[:8] in accepted)
+                and not (
+                    j.state.is_final
+                    and (j.state is not JobState.COMPLETE or j.source != "discord" or j.result_message_id)
+                )
+            ]
+            return not pending
+
+        if accepted:
+            try:
+                await wait_for(done, timeout=timeout, what="the accepted jobs to end and be delivered")
+            except TimeoutError:
+                return pending
+        return []
 
     # -- one case ---------------------------------------------------------------------------------
 
