@@ -115,7 +115,8 @@ async def main(args: argparse.Namespace) -> int:
             job = await asyncio.wait_for(delivery.finished.get(), timeout=90)
             say("DONE", job.id, job.state.value)
         else:
-            await asyncio.sleep(1.0)
+            # start() made its offers before it returned; stop() hands listeners all it emitted
+            await queue.stop(timeout_s=10)
             say("OFFERED", delivery.finished.qsize())
     finally:
         await queue.stop(timeout_s=10)

@@ -194,13 +194,13 @@ async def test_cancel_queued_and_running(store: Store, start_queue, tiny_registr
     assert rec.results[queued.job.id][0][0].state is JobState.CANCELLED
 
 
-async def test_limits_quota_ban_and_pause(sqlite_store: Store, start_queue, tiny_registry, hooks) -> None:
+async def test_per_member_and_global_limits_and_an_admins_override(
+    sqlite_store: Store, start_queue, tiny_registry, hooks
+) -> None:
     store = sqlite_store
-    queue, rec = await start_queue(store, max_queued_per_user=2, max_queue=4, daily_gpu_seconds_per_user=600)
-    gate = hooks(Gate())
-    head = await queue.submit(make_job(tiny_registry, "zed"))
-    await gate.wait_entered()
-
+    queue, _ = await start_queue(store, max_queued_per_user=2, max_queue=4)
+    hooks(Gate())  # the first job holds the worker, so everything after it waits
+    await queue.submit(make_job(tiny_registry, "zed"))
     await queue.submit(make_job(tiny_registry, "alice"))
     await queue.submit(make_job(tiny_registry, "alice"))
     with pytest.raises(TooManyQueued) as too_many:
@@ -212,24 +212,42 @@ async def test_limits_quota_ban_and_pause(sqlite_store: Store, start_queue, tiny
     with pytest.raises(QueueFull):
         await queue.submit(make_job(tiny_registry, "carol"))
 
-    await store.set_ban("mallory", banned=True, reason="spam", by="mod")
+
+async def test_a_banned_member_is_refused_with_the_reason(
+    sqlite_store: Store, start_queue, tiny_registry
+) -> None:
+    queue, rec = await start_queue(sqlite_store)
+    await sqlite_store.set_ban("mallory", banned=True, reason="spam", by="mod")
     with pytest.raises(Banned) as banned:
         await queue.submit(make_job(tiny_registry, "mallory"))
     assert "spam" in banned.value.message
+    assert queue.snapshot().queued == [] and rec.events == []
 
-    # quota: GPU seconds already used today count, an override lifts the limit
+
+async def test_the_daily_gpu_quota_counts_todays_use_and_an_override_lifts_it(
+    sqlite_store: Store, start_queue, tiny_registry
+) -> None:
+    store = sqlite_store
+    queue, rec = await start_queue(store, daily_gpu_seconds_per_user=600)
     used = make_job(tiny_registry, "dave")
     used.state, used.gpu_seconds, used.created_at = JobState.COMPLETE, 700.0, utcnow()
     await store.insert_job(used)
     assert (await store.user_usage("dave", since=utcnow() - timedelta(hours=1))).gpu_seconds == 700.0
-    # (make room in the global limit first)
-    for entry in queue.snapshot().queued:
-        if entry.job.user_id == "bob":
-            await queue.cancel(entry.job.id, by_user_id="bob")
     with pytest.raises(QuotaExceeded) as quota:
         await queue.submit(make_job(tiny_registry, "dave"))
     assert "10 GPU minutes" in quota.value.message and "00:00 UTC" in quota.value.message
     await store.set_user_quota("dave", max_queued=None, daily_gpu_seconds=3600)
+    dave = await queue.submit(make_job(tiny_registry, "dave"))
+    assert (await rec.finished(dave.job.id)).state is JobState.COMPLETE
+
+
+async def test_pause_refuses_new_jobs_and_holds_queued_ones_until_resumed(
+    sqlite_store: Store, start_queue, tiny_registry, hooks
+) -> None:
+    queue, rec = await start_queue(sqlite_store)
+    gate = hooks(Gate())
+    head = await queue.submit(make_job(tiny_registry, "zed"))
+    await gate.wait_entered()
     dave = await queue.submit(make_job(tiny_registry, "dave"))
 
     await queue.pause(by="mod")
@@ -237,10 +255,11 @@ async def test_limits_quota_ban_and_pause(sqlite_store: Store, start_queue, tiny
         await queue.submit(make_job(tiny_registry, "erin"))
     assert queue.snapshot().paused
     gate.opened.set()
+    # the queue wakes its dispatcher for the freed worker before it tells listeners the job
+    # finished, and a dispatcher that ignored the pause would take dave's job off the order at once
     await rec.finished(head.job.id)
-    await asyncio.sleep(0.3)
-    assert queue.position(dave.job.id) is not None and queue.position(dave.job.id) > 0  # nothing starts
-    assert len(rec.started) == 1
+    assert queue.position(dave.job.id) == 1  # nothing starts
+    assert rec.started == [head.job.id]
     await queue.resume(by="mod")
     assert (await rec.finished(dave.job.id)).state is JobState.COMPLETE
 
@@ -257,19 +276,21 @@ async def test_timeout_stops_the_job_at_the_next_step_and_the_worker_goes_on(
     sqlite_store: Store, start_queue, tiny_registry, isolated_pipeline_manager: PipelineManager, hooks
 ) -> None:
     slow = {"on": True}
+    steps: list[int] = []
 
     def crawl(info: StepInfo) -> None:
         if slow["on"]:
+            steps.append(1)
             time.sleep(0.05)
 
     hooks(crawl, isolated_pipeline_manager)
     queue, rec = await start_queue(sqlite_store, manager=isolated_pipeline_manager, job_timeout_s=0.5)
-    t0 = time.monotonic()
     long = await queue.submit(make_job(tiny_registry, "alice", steps=40))
     ended = await rec.finished(long.job.id)
     assert ended.state is JobState.FAILED
     assert "time limit" in (ended.error or "")
-    assert time.monotonic() - t0 < 2.0  # 40 steps at 50 ms would take 2 s
+    # stopped at a step, far from the end: 40 steps at 50 ms each would take 2 s
+    assert len(steps) < 30, len(steps)
     slow["on"] = False
     nxt = await queue.submit(make_job(tiny_registry, "bob"))
     assert (await rec.finished(nxt.job.id)).state is JobState.COMPLETE
@@ -290,12 +311,11 @@ async def test_a_hung_step_fails_the_job_and_a_fresh_worker_thread_takes_over(
         manager_factory=lambda: PipelineManager(tiny_settings, tiny_registry),
         step_watchdog_s=0.5,
     )
-    t0 = time.monotonic()
     stuck = await queue.submit(make_job(tiny_registry, "alice"))
     ended = await rec.finished(stuck.job.id)
     assert ended.state is JobState.FAILED and "stopped responding" in (ended.error or "")
-    assert 0.4 < time.monotonic() - t0 < 5.0
-    assert not gate.opened.is_set()  # the old thread is still stuck in its step
+    # failed while its first step was still hung: the watchdog, not the end of the run, ended it
+    assert gate.entered.is_set() and not gate.opened.is_set()
     nxt = await queue.submit(make_job(tiny_registry, "bob"))
     assert (await rec.finished(nxt.job.id)).state is JobState.COMPLETE
     (worker,) = queue.workers()
@@ -392,9 +412,10 @@ async def test_restart_recovers_orphans_and_redelivers_only_undelivered_results(
     await again.mark_delivered(dead.id, "123456")
     await again.stop()
 
-    _, rec3 = await start_queue(store)
-    await asyncio.sleep(0.2)
-    assert dead.id not in rec3.results
+    third, rec3 = await start_queue(store)
+    await third.stop()  # start() makes its offers before it returns; stop() hands listeners all it emitted
+    # the offers were made and heard: the result never marked delivered is offered again, dead's is not
+    assert set(rec3.results) == {waiting.id}
     assert (await store.get_job(dead.id)).result_message_id == "123456"  # type: ignore[union-attr]
     assert cost_key(dead.params)[0] == "tiny-video"
 
@@ -474,8 +495,15 @@ async def test_leases_are_renewed_while_a_job_runs(
     job = await queue.submit(make_job(tiny_registry, "alice"))
     await gate.wait_entered()
     first = await sqlite_store.get_job(job.job.id)
-    assert first is not None and first.lease_owner == queue.owner_id
-    await asyncio.sleep(1.0)  # three lease lengths
+    assert first is not None and first.lease_owner == queue.owner_id and first.lease_expires_at is not None
+    # until the first lease has run out and two renewals were stored meanwhile
+    leases = {first.lease_expires_at}
+    async with asyncio.timeout(10):
+        while len(leases) < 3 or utcnow() <= first.lease_expires_at:
+            current = await sqlite_store.get_job(job.job.id)
+            assert current is not None and current.state is JobState.IN_PROGRESS
+            leases.add(current.lease_expires_at)  # type: ignore[arg-type]
+            await asyncio.sleep(0.02)
     held = await sqlite_store.get_job(job.job.id)
     assert held is not None and held.state is JobState.IN_PROGRESS and held.lease_owner == queue.owner_id
     assert held.lease_expires_at is not None and held.lease_expires_at > utcnow()
