@@ -129,12 +129,17 @@ async def test_metrics_count_a_real_job_through_the_queue(make_client, unstarted
     resp = await client.post("/api/v1/images", json={"prompt": "metered", "steps": 2}, headers=auth("alice"))
     job_id = (await resp.json())["id"]
 
-    async def complete() -> bool:
-        resp = await client.get(f"/api/v1/jobs/{job_id}", headers=auth("alice"))
-        return (await resp.json())["state"] == "complete"
+    labels = (("kind", "image"), ("model", "tiny-image"), ("state", "complete"))
+    finished = ("imagine_jobs_finished_total", labels)
 
-    await wait_until(complete, timeout_s=60)
-    await asyncio.sleep(0.1)  # listeners run just after the state is stored
+    async def counted() -> bool:
+        # the queue stores the job's end, then counts it: wait for the count, not just the state
+        resp = await client.get(f"/api/v1/jobs/{job_id}", headers=auth("alice"))
+        if (await resp.json())["state"] != "complete":
+            return False
+        return (await scrape(client)).get(finished, 0.0) > before.get(finished, 0.0)
+
+    await wait_until(counted, timeout_s=60)
     after = await scrape(client)
 
     names = {name for name, _ in after}
