@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -115,12 +116,13 @@ def direct_imports(module: str) -> frozenset[str]:
 
 
 def reached(start: str) -> dict[str, str | None]:
-    """Every name `start` reaches, mapped to the module that imports it (None for `start`)."""
+    """Every name `start` reaches, mapped to the module that imports it on a shortest path (None
+    for `start`)."""
     modules = project_modules()
     via: dict[str, str | None] = {start: None}
-    todo = [start]
+    todo = deque([start])
     while todo:
-        current = todo.pop()
+        current = todo.popleft()
         for name in direct_imports(current):
             if name not in via:
                 via[name] = current
@@ -142,10 +144,14 @@ def chain(via: dict[str, str | None], name: str) -> str:
 
 
 def violations(module: str, forbidden: tuple[str, ...]) -> list[str]:
+    """One shortest import chain for each forbidden name the module reaches."""
     via = reached(module)
-    return sorted(
-        chain(via, name) for name in via if any(matches(name, f) for f in forbidden) and name != module
-    )
+    found = []
+    for banned in forbidden:
+        hits = [chain(via, name) for name in via if matches(name, banned) and name != module]
+        if hits:
+            found.append(min(hits, key=lambda c: (c.count(" <- "), c)))
+    return found
 
 
 CASES = [
