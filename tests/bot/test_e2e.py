@@ -189,9 +189,10 @@ async def test_a_bad_option_gets_a_polite_private_error_and_nothing_is_queued(
 ) -> None:
     bot = running_bot
     dave = str(bot.members["dave"].user.id)
-    interaction = await ask(bot, "imagine", {"prompt": "a cat", "width": 100, "height": 64}, user="dave")
+    # (a size off the model's multiple is snapped, not refused; a prompt of control characters is)
+    interaction = await ask(bot, "imagine", {"prompt": "\x07\x07", "width": 64, "height": 64}, user="dave")
     reply = await private_reply(interaction)
-    assert "width" in reply.content.lower() and "8" in reply.content
+    assert "prompt is empty" in reply.content.lower() and "characters" in reply.content
     assert "Traceback" not in reply.content
     interaction = await ask(bot, "imagine", {"prompt": "a cat", "model": "no-such-model"}, user="dave")
     reply = await private_reply(interaction)
