@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--width", help="pixels, a multiple of 8")
         p.add_argument("--height", help="pixels, a multiple of 8")
         if kind == "video":
-            p.add_argument("--frames", help="number of frames")
+            p.add_argument("--frames", help="number of frames (snapped to the model's rule, e.g. Wan's 4k+1)")
+            p.add_argument(
+                "--image",
+                type=Path,
+                help="animate this picture (its first frame) with the model's image-to-video partner",
+            )
             p.add_argument("--fps", help="frames per second of the MP4")
             p.add_argument("--crf", type=int, default=23, help="H.264 quality, lower is better (default 23)")
             p.add_argument("--max-bytes", type=int, help="re-encode until the MP4 is at most this big")
@@ -66,7 +71,7 @@ def _human_size(n: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from generation.media import encode_output
-    from generation.models import build_registry, default_model_id, get_spec
+    from generation.models import build_registry, default_model_id, get_spec, image_to_video_spec
     from generation.params import validate_request
     from generation.pipelines import PipelineManager, StepInfo
     from generation.settings import GenerationSettings
@@ -78,13 +83,22 @@ def run(args: argparse.Namespace) -> int:
         overrides["model_cache_dir"] = args.cache_dir
     settings = GenerationSettings(**overrides)
     registry = build_registry(settings)
-    spec = get_spec(registry, args.model or default_model_id(settings, args.kind), kind=args.kind)
+    image: Path | None = getattr(args, "image", None)
+    model_id = args.model or default_model_id(settings, args.kind, image=image is not None)
+    spec = get_spec(registry, model_id, kind=args.kind)
     raw: dict[str, Any] = {"prompt": args.prompt, "negative_prompt": args.negative_prompt}
+    if image is not None:
+        if not image.is_file():
+            raise UserError(f"--image {image} is not a file.")
+        spec = image_to_video_spec(registry, spec)
+        raw["image"] = str(image)
     names = ["seed", "steps", "guidance", "width", "height"]
     if args.kind == "video":
         names += ["frames", "fps"]
     raw.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
     request = validate_request(args.kind, raw, spec, settings)
+    for note in request.notes:
+        sys.stderr.write(f"note: {note}\n")
     output_path: Path = args.output or Path(f"{args.kind}-{request.seed}.{_ext(args.kind)}")
     if output_path.is_dir():
         raise UserError(f"--output {output_path} is a directory; name a file.")

@@ -26,7 +26,7 @@ def load_components(spec: ModelSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
     loaded: dict[str, Any] = {}
     for name, source in spec.components.items():
         where, subfolder = _split_source(source)
-        config = diffusers.ModelMixin.load_config(where, subfolder=subfolder, **_hub_kwargs(kwargs))
+        config = _read_config(where, subfolder, kwargs)
         cls = getattr(diffusers, str(config.get("_class_name")), None)
         if cls is None:
             raise ModelUnavailable(
@@ -47,5 +47,16 @@ def _split_source(source: str) -> tuple[str, str | None]:
     return f"{owner}/{repo}", "/".join(sub) or None
 
 
-def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only") if k in kwargs}
+def _read_config(where: str, subfolder: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The component's config.json, from a local folder or the hub (cache, token, offline honoured)."""
+    import json
+    from pathlib import Path
+
+    if Path(where).is_dir():
+        path = Path(where, subfolder or "", "config.json")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        hub = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only") if k in kwargs}
+        path = Path(hf_hub_download(where, "config.json", subfolder=subfolder, **hub))
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -83,9 +83,12 @@ def get_spec(registry: Mapping[str, ModelSpec], model_id: str, *, kind: Kind | N
     return spec
 
 
-def default_model_id(settings: GenerationSettings, kind: Kind) -> str:
-    """The model a request of this kind gets when it names none (`IMAGE_MODEL` / `VIDEO_MODEL`)."""
-    return settings.image_model if kind == "image" else settings.video_model
+def default_model_id(settings: GenerationSettings, kind: Kind, *, image: bool = False) -> str:
+    """The model a request gets when it names none (`IMAGE_MODEL`, `VIDEO_MODEL`, or `I2V_MODEL`
+    for a video from a picture)."""
+    if kind == "image":
+        return settings.image_model
+    return settings.i2v_model if image else settings.video_model
 
 
 def image_to_video_spec(registry: Mapping[str, ModelSpec], spec: ModelSpec) -> ModelSpec:

@@ -40,7 +40,7 @@ from generation.components import load_components
 from generation.errors import GenerationCancelled, ModelUnavailable
 from generation.load_errors import unavailable
 from generation.media import to_rgb_uint8
-from generation.models import ModelSpec, build_registry, get_spec
+from generation.models import TINY_REPO_PREFIX, ModelSpec, build_registry, get_spec
 from generation.noise import quiet_known_warnings
 from generation.params import GenerationRequest, VideoRequest
 from generation.preview import LatentPreviewer
@@ -247,7 +247,8 @@ class PipelineManager:
                 f"{diffusers.__version__} does not have; fix its 'pipeline' in EXTRA_MODELS."
             )
         cache_dir = self.settings.model_cache_dir
-        source: Any = ensure_tiny(spec.id, cache_dir) if spec.tiny else spec.repo_id
+        twin = spec.repo_id.removeprefix(TINY_REPO_PREFIX)
+        source: Any = ensure_tiny(twin, cache_dir) if spec.tiny else spec.repo_id
         token = self.settings.hf_token.get_secret_value() if self.settings.hf_token else None
         dtype = self.dtype_for(spec)
         kwargs: dict[str, Any] = {

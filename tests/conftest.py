@@ -115,6 +115,7 @@ def make_tiny_settings(cache_dir: Path, **overrides: object) -> GenerationSettin
         "memory_mode": "auto",
         "image_model": "tiny-image",
         "video_model": "tiny-video",
+        "i2v_model": "tiny-wan-i2v",
         "hf_token": None,
         "hf_offline": True,
         "safety_checker": False,

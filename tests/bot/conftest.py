@@ -87,6 +87,7 @@ def bot_env(discord: FakeDiscord, workdir: Path, model_cache: Path, web_port: in
             "PYTHONUNBUFFERED": "1",
             "IMAGE_MODEL": "tiny-image",
             "VIDEO_MODEL": "tiny-video",
+            "I2V_MODEL": "tiny-wan-i2v",
             "MODEL_CACHE_DIR": str(model_cache),
             "HF_HUB_OFFLINE": "1",
             "DEVICE": "cpu",
