@@ -345,6 +345,7 @@ def job_json(job: Job, live: Live) -> dict[str, Any]:
             "url": f"{PREFIX}/jobs/{job.id}/result",
             "media_type": media_type(job.result_path),
             "size_bytes": job.result_bytes,
+            "nsfw_detected": job.nsfw_detected,
         }
     return {
         "id": job.id,

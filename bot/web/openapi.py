@@ -448,6 +448,10 @@ def build_openapi(
                             "url": {"type": "string"},
                             "media_type": {"type": "string"},
                             "size_bytes": {"type": ["integer", "null"]},
+                            "nsfw_detected": {
+                                "type": "boolean",
+                                "description": "The safety checker flagged the picture (it is blacked out).",
+                            },
                         },
                     },
                 ]

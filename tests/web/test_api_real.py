@@ -67,7 +67,7 @@ async def test_image_job_from_request_to_png(make_client, real_queue, store) -> 
     assert body["state"] == "complete", body
     assert body["seed"] == 1234 and body["params"]["width"] == 64 and body["params"]["height"] == 48
     assert body["gpu_seconds"] > 0 and body["position"] is None and body["error"] is None
-    assert body["result"]["media_type"] == "image/png"
+    assert body["result"]["media_type"] == "image/png" and body["result"]["nsfw_detected"] is False
 
     resp = await client.get(body["result"]["url"], headers=auth("alice"))
     assert resp.status == 200 and resp.headers["Content-Type"] == "image/png"
