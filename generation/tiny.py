@@ -218,6 +218,35 @@ def _flag_everything_checker() -> tuple[Any, Any]:
     return checker, extractor
 
 
+def _stable_diffusion(tokenizer: Any, text_encoder: Any, vae: Any, *, checker: Any, extractor: Any) -> Any:
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).eval()
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(),
+        safety_checker=checker,
+        feature_extractor=extractor,
+        requires_safety_checker=checker is not None,
+    )
+
+
 def build_tiny_pipeline(model_id: str) -> Any:
     """Build the twin in memory (fp32, CPU), identical on every machine for a given torch."""
     import torch
@@ -236,32 +265,8 @@ def build_tiny_pipeline(model_id: str) -> Any:
     text_encoder = _text_encoder(len(tokenizer))
     vae = _vae()
     if model_id in ("tiny-image", "tiny-image-flagged"):
-        from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-
-        torch.manual_seed(SEED)
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            cross_attention_dim=TEXT_DIM,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        ).eval()
         checker, extractor = _flag_everything_checker() if model_id == "tiny-image-flagged" else (None, None)
-        return StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=_scheduler(),
-            safety_checker=checker,
-            feature_extractor=extractor,
-            requires_safety_checker=checker is not None,
-        )
+        return _stable_diffusion(tokenizer, text_encoder, vae, checker=checker, extractor=extractor)
     if model_id == "tiny-video":
         from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
