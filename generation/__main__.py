@@ -1,15 +1,17 @@
 """`python -m generation image|video "PROMPT" [flags]`: one generation, straight to a file.
 
 No queue, no Discord: settings come from the environment / `.env` (flags override the
-model, device and cache dir), the request is validated exactly as the bot validates it, and
-the result is encoded by the same media code. Exit status 0 on success, 2 on bad input (with
-the reason on stderr), 1 on an unexpected failure, 130 when interrupted.
+model, device and cache dir), the request is validated exactly as the bot validates it, and it
+runs on the same runner (:mod:`generation.runner`) as the bot's jobs, encoder included. Exit
+status 0 on success, 2 on bad input (with the reason on stderr), 1 on any other failure, 130 when
+interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from generation.errors import UserError
 
 log = logging.getLogger(__name__)
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -70,10 +73,54 @@ def _human_size(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from generation.media import encode_output
+    from generation.media import DEFAULT_CRF, EncodeOptions, png_metadata
+    from generation.pipelines import PipelineManager
+    from generation.runner import RunItem, run_one
+
+    settings, registry, request = _validated(args)
+    output_path: Path = args.output or Path(f"{args.kind}-{request.seed}.{_ext(args.kind)}")
+    if output_path.is_dir():
+        raise UserError(f"--output {output_path} is a directory; name a file.")
+    options = EncodeOptions(
+        png_metadata=png_metadata(request),
+        crf=getattr(args, "crf", DEFAULT_CRF),
+        max_bytes=getattr(args, "max_bytes", None),
+    )
+    manager = PipelineManager(settings, registry)
+    bar = _progress_bar(args, request)
+    try:
+        result = run_one(
+            RunItem(key="cli", request=request, encode=options, timeout_s=math.inf),
+            manager=manager,
+            step_watchdog_s=settings.step_watchdog_s,
+            on_step=(lambda info: bar.update(info.step - bar.n)) if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if result.status != "complete" or result.encoded is None:
+        return _failed(result)
+    encoded = result.encoded
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    output_path.write_bytes(encoded.data)
+    print(_summary(output_path, request, encoded, result.report, crf=options.crf))  # the CLI's one line
+    return 0
+
+
+def _failed(result: Any) -> int:
+    """Bad input (a model that cannot load, say) exits 2 through `main`; anything else exits 1."""
+    if isinstance(result.exception, UserError):
+        raise result.exception
+    if result.exception is not None:
+        log.error("generation failed", exc_info=result.exception)
+    sys.stderr.write(f"error: {result.error}\n")
+    return EXIT_FAILED
+
+
+def _validated(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Settings, model registry and the request, validated exactly as the bot validates it."""
     from generation.models import build_registry, default_model_id, get_spec, image_to_video_spec
     from generation.params import validate_request
-    from generation.pipelines import PipelineManager, StepInfo
     from generation.settings import GenerationSettings
 
     overrides: dict[str, Any] = {}
@@ -99,52 +146,34 @@ def run(args: argparse.Namespace) -> int:
     request = validate_request(args.kind, raw, spec, settings)
     for note in request.notes:
         sys.stderr.write(f"note: {note}\n")
-    output_path: Path = args.output or Path(f"{args.kind}-{request.seed}.{_ext(args.kind)}")
-    if output_path.is_dir():
-        raise UserError(f"--output {output_path} is a directory; name a file.")
+    return settings, registry, request
 
-    manager = PipelineManager(settings, registry)
-    bar = None
-    if not args.no_progress and sys.stderr.isatty():
-        from tqdm import tqdm
 
-        bar = tqdm(total=request.steps, desc=f"{spec.id} seed {request.seed}", unit="step", file=sys.stderr)
+def _progress_bar(args: argparse.Namespace, request: Any) -> Any:
+    """A tqdm bar on a terminal (None otherwise, or with --no-progress)."""
+    if args.no_progress or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
 
-    def on_step(info: StepInfo) -> None:
-        if bar is not None:
-            bar.update(info.step - bar.n)
-
-    try:
-        output = manager.run(request, on_step=on_step)
-    finally:
-        if bar is not None:
-            bar.close()
-
-    encoded = encode_output(
-        output,
-        max_bytes=getattr(args, "max_bytes", None),
-        crf=getattr(args, "crf", 23),
-        extra_metadata={"software": "imagine-bot"},
+    return tqdm(
+        total=request.steps, desc=f"{request.model} seed {request.seed}", unit="step", file=sys.stderr
     )
-    data = encoded.data
+
+
+def _summary(path: Path, request: Any, encoded: Any, report: Any, *, crf: int) -> str:
     extra = ""
-    if encoded.fit is not None and (encoded.fit.crf != args.crf or encoded.fit.scale != 1.0):
-        fit = encoded.fit
+    fit = encoded.fit
+    if fit is not None and (fit.crf != crf or fit.scale != 1.0):
         extra = f" (fitted: crf {fit.crf}, scale {fit.scale:.2f}, {fit.passes} re-encodes)"
-    encode_s = encoded.encode_s
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    output_path.write_bytes(data)
-
-    t = output.timings
+    t = report.stages
     size = f"{request.width}x{request.height}"
-    if args.kind == "video":
+    if request.kind == "video":
         size += f"x{request.frames}@{request.fps}fps"
-    print(  # the CLI's one-line summary
-        f"wrote {output_path} ({_human_size(len(data))}){extra} model={spec.id} seed={request.seed} "
-        f"steps={request.steps} {size} on {output.device}: load {t['load']:.1f}s "
-        f"denoise {t['denoise']:.1f}s decode {t['decode']:.1f}s encode {encode_s:.1f}s"
+    return (
+        f"wrote {path} ({_human_size(encoded.size)}){extra} model={request.model} seed={request.seed} "
+        f"steps={request.steps} {size} on {report.device}: load {t['load']:.1f}s "
+        f"denoise {t['denoise']:.1f}s decode {t['decode']:.1f}s encode {report.encode_s or 0.0:.1f}s"
     )
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

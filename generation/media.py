@@ -20,7 +20,7 @@ import struct
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 if TYPE_CHECKING:
-    from generation.pipelines import GenerationOutput
+    from generation.params import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ DEFAULT_PRESET = "medium"
 MAX_FIT_CRF = 35
 #: ... nor below this fraction of the original width and height
 MIN_FIT_SCALE = 0.25
+#: longest side of a progress preview sent to listeners
+PREVIEW_MAX_SIDE = 256
 FFPROBE = os.environ.get("FFPROBE", "/usr/bin/ffprobe")
 
 
@@ -115,6 +117,20 @@ def to_rgb_uint8(frame: Any) -> np.ndarray:
     if array.dtype != np.uint8:
         array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return np.ascontiguousarray(array[..., :3])
+
+
+def frames_to_uint8(frames: Any) -> list[np.ndarray]:
+    """A pipeline's video output (a float [0, 1] batch, or lists of PIL images or arrays) as a list
+    of uint8 HxWx3 frames."""
+    if hasattr(frames, "detach"):  # a torch tensor
+        frames = frames.detach().float().cpu().numpy()
+    if isinstance(frames, np.ndarray):
+        if frames.ndim == 5:
+            frames = frames[0]
+        items = list(frames)
+    else:
+        items = list(frames[0]) if frames and isinstance(frames[0], list | tuple) else list(frames)
+    return [to_rgb_uint8(f.convert("RGB") if isinstance(f, Image.Image) else f) for f in items]
 
 
 def _as_frames(frames: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
@@ -225,47 +241,55 @@ def fit_to_size(
     tried = [FitResult(data=first, crf=crf, scale=1.0, passes=passes, width=width, height=height)]
     # halvings of the media data per CRF step: 1/6 is x264's rule of thumb, then learned
     slope = 1 / 6
-
-    def payload(result: FitResult) -> int:
-        return _mdat_size(result.data) or len(result.data)
-
-    def fits(result: FitResult) -> bool:
-        return result.size <= max_bytes
-
     while passes < max_passes:
         last = tried[-1]
-        # the index (moov) barely shrinks with quality: predict from the media data alone
-        room = max_bytes * 0.92 - (last.size - payload(last))
-        if room <= 0:
+        guess = _next_fit_try(last, max_bytes=max_bytes, crf=crf, slope=slope, tries=len(tried))
+        if guess is None:
             break
-        if fits(last):
-            # far under the limit (an overshoot) with passes to spare: give quality back once
-            if last.size >= max_bytes * 0.5 or last.crf <= crf or len(tried) > 2:
-                break
-            new_crf = max(crf, last.crf + math.floor(math.log2(room / payload(last)) / -slope))
-            new_crf = min(new_crf, last.crf - 1)
-            new_scale = last.scale
-        else:
-            want = payload(last) / room
-            wanted_crf = last.crf + max(1, math.ceil(math.log2(want) / slope))
-            new_crf = min(MAX_FIT_CRF, wanted_crf)
-            new_scale = last.scale
-            if new_crf == last.crf:
-                # CRF is at its cap: scale down (the bits follow the pixel count ~^0.75)
-                if last.scale <= MIN_FIT_SCALE:
-                    break
-                new_scale = max(MIN_FIT_SCALE, last.scale / want ** (1 / 1.5))
+        new_crf, new_scale = guess
         data = encode_mp4(items, fps=fps, crf=new_crf, preset=preset, scale=new_scale)
         passes += 1
         out_w, out_h = output_size(width, height, new_scale)
         result = FitResult(data=data, crf=new_crf, scale=new_scale, passes=passes, width=out_w, height=out_h)
         log.debug("fit_to_size pass %d: crf %d scale %.2f -> %d bytes", passes, new_crf, new_scale, len(data))
-        if new_scale == last.scale and new_crf != last.crf and payload(result) and payload(last):
-            measured = math.log2(payload(last) / payload(result)) / (new_crf - last.crf)
+        if new_scale == last.scale and new_crf != last.crf and _payload(result) and _payload(last):
+            measured = math.log2(_payload(last) / _payload(result)) / (new_crf - last.crf)
             slope = min(0.6, max(0.05, measured))
         tried.append(result)
-    fitting = [r for r in tried if fits(r)]
-    # the best fit is the least degraded one: largest scale, then lowest CRF
+    return _best_fit(tried, passes=passes, max_bytes=max_bytes, crf=crf)
+
+
+def _payload(result: FitResult) -> int:
+    """The media data of an encode: the index (moov) barely shrinks with quality."""
+    return _mdat_size(result.data) or len(result.data)
+
+
+def _next_fit_try(
+    last: FitResult, *, max_bytes: int, crf: int, slope: float, tries: int
+) -> tuple[int, float] | None:
+    """The CRF and scale predicted to fit after `last`; None when no further pass is worth it."""
+    room = max_bytes * 0.92 - (last.size - _payload(last))
+    if room <= 0:
+        return None
+    if last.size <= max_bytes:
+        # far under the limit (an overshoot) with passes to spare: give quality back once
+        if last.size >= max_bytes * 0.5 or last.crf <= crf or tries > 2:
+            return None
+        new_crf = max(crf, last.crf + math.floor(math.log2(room / _payload(last)) / -slope))
+        return min(new_crf, last.crf - 1), last.scale
+    want = _payload(last) / room
+    new_crf = min(MAX_FIT_CRF, last.crf + max(1, math.ceil(math.log2(want) / slope)))
+    if new_crf != last.crf:
+        return new_crf, last.scale
+    # CRF is at its cap: scale down (the bits follow the pixel count ~^0.75)
+    if last.scale <= MIN_FIT_SCALE:
+        return None
+    return new_crf, max(MIN_FIT_SCALE, last.scale / want ** (1 / 1.5))
+
+
+def _best_fit(tried: list[FitResult], *, passes: int, max_bytes: int, crf: int) -> FitResult:
+    """The least degraded encode that fits (largest scale, then lowest CRF); `DoesNotFit` if none."""
+    fitting = [r for r in tried if r.size <= max_bytes]
     best = max(fitting, key=lambda r: (r.scale, -r.crf)) if fitting else min(tried, key=lambda r: r.size)
     best = FitResult(
         data=best.data, crf=best.crf, scale=best.scale, passes=passes, width=best.width, height=best.height
@@ -310,6 +334,18 @@ def fit_file_to_size(path: str | Path, *, max_bytes: int) -> FitResult:
     return fit_to_size(frames, fps=fps, max_bytes=max_bytes)
 
 
+def preview_png(image: Image.Image) -> bytes:
+    """A small PNG of a progress preview (at most 256 px, fast compression), for Discord edits,
+    the REST API and Redis alike; blocking but cheap."""
+    image = image.convert("RGB")
+    if max(image.size) > PREVIEW_MAX_SIDE:
+        image = image.copy()
+        image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def poster_frame(frames: Sequence[np.ndarray] | np.ndarray, *, quality: int = 85) -> bytes:
     """JPEG of the middle frame: a still for embeds and for clients that do not autoplay."""
     items = list(frames)
@@ -321,78 +357,58 @@ def poster_frame(frames: Sequence[np.ndarray] | np.ndarray, *, quality: int = 85
     return buf.getvalue()
 
 
-# -- one call for the worker ---------------------------------------------------------------
+# -- a finished file ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How to encode one result: its PNG text chunks, the H.264 quality, an optional size limit."""
+
+    #: text chunks for a PNG (see `png_metadata`)
+    png_metadata: Mapping[str, Any] = field(default_factory=dict)
+    crf: int = DEFAULT_CRF
+    preset: str = DEFAULT_PRESET
+    #: re-encode (video) or fall back to JPEG (image) until the file fits; None: no limit
+    max_bytes: int | None = None
+    #: when the safety checker flagged a picture, encode it as generated rather than blacked out
+    #: (for a delivery behind a spoiler, where the member's server allows it)
+    unfiltered: bool = False
 
 
 @dataclass(frozen=True)
 class EncodedMedia:
-    """A finished file ready to upload or serve, with what it took to make it."""
+    """A finished file ready to store, upload or serve, with what it took to make it."""
 
     data: bytes
-    filename: str
-    content_type: str
+    media_type: str
+    suffix: str
+    width: int
+    height: int
+    frames: int
+    fps: int | None
     #: JPEG still for embeds (videos only)
-    poster: bytes | None
+    poster: bytes | None = None
     #: how the video was squeezed under `max_bytes` (None when no limit was given)
-    fit: FitResult | None
-    encode_s: float
+    fit: FitResult | None = None
+    encode_s: float = 0.0
+    #: the safety checker flagged the picture
+    nsfw_detected: bool = False
 
     @property
     def size(self) -> int:
         return len(self.data)
 
 
-def encode_output(
-    output: GenerationOutput,
-    *,
-    max_bytes: int | None = None,
-    crf: int = DEFAULT_CRF,
-    preset: str = DEFAULT_PRESET,
-    extra_metadata: Mapping[str, Any] | None = None,
-) -> EncodedMedia:
-    """PNG (parameters embedded) or MP4 (+ poster) for a pipeline output; records `encode` timing.
-
-    With `max_bytes`, a video is re-encoded to fit (`DoesNotFit` if it cannot); an image PNG
-    over the limit falls back to a high-quality JPEG, then raises `DoesNotFit`.
-    """
-    import time
-
-    t0 = time.perf_counter()
-    request = output.request
-    stem = f"{request.kind}-{request.seed}"
-    fit: FitResult | None = None
-    poster: bytes | None = None
-    if output.images is not None:
-        metadata = {**request.to_dict(), **(extra_metadata or {})}
-        data = encode_png(output.images[0], metadata)
-        filename, content_type = f"{stem}.png", "image/png"
-        if max_bytes is not None and len(data) > max_bytes:
-            for quality in (92, 80):
-                buf = io.BytesIO()
-                output.images[0].convert("RGB").save(buf, format="JPEG", quality=quality, optimize=True)
-                if buf.tell() <= max_bytes:
-                    data, filename, content_type = buf.getvalue(), f"{stem}.jpg", "image/jpeg"
-                    break
-            else:
-                best = FitResult(
-                    data=data, crf=0, scale=1.0, passes=2, width=request.width, height=request.height
-                )
-                raise DoesNotFit(f"image is {len(data)} bytes; the limit is {max_bytes}", best)
-    else:
-        if output.frames is None:
-            raise EncodeError("the output has neither images nor frames")
-        fps = getattr(request, "fps", 8)
-        data = encode_mp4(output.frames, fps=fps, crf=crf, preset=preset)
-        if max_bytes is not None:
-            fit = fit_to_size(output.frames, fps=fps, max_bytes=max_bytes, crf=crf, preset=preset, first=data)
-            data = fit.data
-        poster = poster_frame(output.frames)
-        filename, content_type = f"{stem}.mp4", "video/mp4"
-    encode_s = time.perf_counter() - t0
-    output.timings["encode"] = encode_s
-    return EncodedMedia(
-        data=data, filename=filename, content_type=content_type, poster=poster, fit=fit, encode_s=encode_s
-    )
+def png_metadata(request: GenerationRequest, *, job_id: str | None = None) -> dict[str, str]:
+    """Text chunks that let anyone reproduce the image from the file alone."""
+    meta = {"prompt": request.prompt, "model": request.model}
+    if job_id is not None:
+        meta["job_id"] = job_id
+    for name in ("negative_prompt", "seed", "steps", "guidance", "width", "height"):
+        value = getattr(request, name, None)
+        if value is not None:
+            meta[name] = str(value)
+    return meta
 
 
 # -- inspection (tests, diagnostics) ------------------------------------------------------------

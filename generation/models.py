@@ -100,7 +100,5 @@ def image_to_video_spec(registry: Mapping[str, ModelSpec], spec: ModelSpec) -> M
     partner = registry.get(spec.i2v_model) if spec.i2v_model else None
     if partner is None or not partner.takes_image:
         able = ", ".join(sorted(m.id for m in registry.values() if m.takes_image)) or "none configured"
-        raise ModelUnavailable(
-            f"Model {spec.id!r} cannot animate a picture. Image-to-video models: {able}."
-        )
+        raise ModelUnavailable(f"Model {spec.id!r} cannot animate a picture. Image-to-video models: {able}.")
     return partner

@@ -1,6 +1,6 @@
 """Loading diffusers pipelines and running one request at a time, with progress and cancel.
 
-All methods block; they are meant for the one GPU worker thread (or the CLI). Pipelines are
+All methods block; they are meant for the one GPU thread (:mod:`generation.gpu_thread`). Pipelines are
 loaded once and stay resident (up to `MAX_RESIDENT_MODELS`); switching models is explicit,
 logged, and evicts the least recently used one.
 
@@ -11,7 +11,7 @@ Memory modes, from fastest to leanest (`MEMORY_MODE`, or chosen by free VRAM whe
 - ``sequential``: sequential CPU offload (layer by layer) + VAE slicing and tiling;
 - ``sequential_lowvae``: as sequential, with smaller VAE tiles.
 
-After an out-of-memory error the worker calls :meth:`PipelineManager.downgrade_memory` and
+After an out-of-memory error the GPU thread calls :meth:`PipelineManager.downgrade_memory` and
 retries. On a CPU device every mode keeps the weights in RAM; the VAE slicing/tiling part of
 a mode still applies, so the fallback path is exercised by the CPU tests too.
 
@@ -31,17 +31,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from generation import families
+from generation import failures, families
 from generation.components import load_components
 from generation.errors import GenerationCancelled, ModelUnavailable
 from generation.load_errors import unavailable
-from generation.media import to_rgb_uint8
+from generation.media import frames_to_uint8
 from generation.models import TINY_REPO_PREFIX, ModelSpec, build_registry, get_spec
 from generation.noise import quiet_known_warnings
+from generation.outputs import GenerationOutput, StepInfo
 from generation.params import GenerationRequest, VideoRequest
 from generation.preview import LatentPreviewer
 from generation.safety import keep_unfiltered
@@ -56,33 +56,6 @@ MEMORY_MODES = ("full", "offload", "sequential", "sequential_lowvae")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 #: VRAM headroom on top of a spec's estimate before `auto` keeps a pipeline fully on the GPU
 _FULL_HEADROOM = 1.1
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """Progress after `step` of `total` denoising steps; `preview` every few steps."""
-
-    step: int
-    total: int
-    preview: Image.Image | None = None
-
-
-@dataclass
-class GenerationOutput:
-    """What one run produced, before encoding: PIL images or uint8 HxWx3 frames."""
-
-    kind: str
-    request: GenerationRequest
-    images: list[Image.Image] | None
-    frames: list[np.ndarray] | None
-    #: seconds: load (0 when the model was resident), denoise, decode, total
-    timings: dict[str, float]
-    device: str
-    memory_mode: str = "full"
-    #: the safety checker flagged (and blacked out) an image
-    nsfw_detected: bool = False
-    #: the images as generated, before the checker blacked any out; only when one was flagged
-    unfiltered: list[Image.Image] | None = None
 
 
 @dataclass
@@ -352,64 +325,30 @@ class PipelineManager:
         """Generate one request; raises GenerationCancelled when `should_cancel()` turns true."""
         with self._lock:
             if should_cancel is not None and should_cancel():
-                raise GenerationCancelled("Cancelled before it started.")
-            t_load = time.perf_counter()
-            was_resident = request.model in self._resident
-            self.load(request.model)
-            load_s = 0.0 if was_resident else time.perf_counter() - t_load
-            resident = self._resident[request.model]
-            if resident.spec.kind != request.kind:
-                raise ModelUnavailable(
-                    f"Model {request.model!r} makes {resident.spec.kind}s, not {request.kind}s."
-                )
-            pipe = resident.pipe
-            total = request.steps
-            state = {"count": 0, "last": 0.0, "preview": 0.0}
-            every = self.settings.preview_every_steps
-
-            def step(latents: Any) -> None:
-                state["count"] += 1
-                n = min(state["count"], total)
-                if n == total and self.device == "cuda":
-                    torch.cuda.synchronize()
-                state["last"] = time.perf_counter()
-                preview = None
-                if on_step is not None and every and n % every == 0 and n < total and latents is not None:
-                    t_preview = time.perf_counter()
-                    preview = resident.preview(latents, request)
-                    state["preview"] += time.perf_counter() - t_preview
-                info = StepInfo(step=n, total=total, preview=preview)
-                for hook in list(self.step_hooks):
-                    hook(info)
-                if on_step is not None:
-                    on_step(info)
-                if should_cancel is not None and should_cancel():
-                    log.info("cancelled %s at step %d/%d", request.model, n, total)
-                    raise GenerationCancelled(f"Cancelled after step {n} of {total}.")
-
-            kwargs = families.call_kwargs(resident.spec.pipeline, resident.signature, request, step)
-            t0 = time.perf_counter()
-            state["last"] = t0
+                raise GenerationCancelled(failures.CANCELLED_BEFORE_START)
+            resident, load_s = self._resident_for(request)
+            steps = _Steps(self, resident, request, on_step, should_cancel)
+            kwargs = families.call_kwargs(resident.spec.pipeline, resident.signature, request, steps)
+            t0 = steps.last = time.perf_counter()
             try:
-                with keep_unfiltered(pipe) as verdict:
-                    result = pipe(**kwargs)
+                with keep_unfiltered(resident.pipe) as verdict:
+                    result = resident.pipe(**kwargs)
             except torch.cuda.OutOfMemoryError:
                 log.warning("out of GPU memory running %s in mode %s", request.model, resident.mode)
-                _reset_after_failure(pipe, self.device)
+                _reset_after_failure(resident.pipe, self.device)
                 raise
             except BaseException:
-                _reset_after_failure(pipe, self.device)
+                _reset_after_failure(resident.pipe, self.device)
                 raise
             t_end = time.perf_counter()
-
         timings = {
             "load": load_s,
-            "denoise": state["last"] - t0 if state["count"] else t_end - t0,
-            "decode": t_end - state["last"] if state["count"] else 0.0,
+            "denoise": steps.last - t0 if steps.count else t_end - t0,
+            "decode": t_end - steps.last if steps.count else 0.0,
+            "total": load_s + t_end - t0,
+            # part of denoise: latent previews (the VAE calibration on a model's first preview included)
+            "preview": steps.preview_s,
         }
-        timings["total"] = load_s + t_end - t0
-        #: part of denoise: latent previews (the VAE calibration on a model's first preview included)
-        timings["preview"] = state["preview"]
         output = GenerationOutput(
             kind=request.kind,
             request=request,
@@ -420,41 +359,89 @@ class PipelineManager:
             memory_mode=resident.mode,
         )
         if isinstance(request, VideoRequest):
-            output.frames = _frames_to_uint8(result.frames)
+            output.frames = frames_to_uint8(result.frames)
         else:
             output.images = list(result.images)
             output.nsfw_detected, output.unfiltered = verdict.flagged, verdict.unfiltered
-        log.info(
-            "generated %s %s seed=%d steps=%d %dx%d on %s/%s: load %.2fs denoise %.2fs decode %.2fs",
-            request.kind,
-            request.model,
-            request.seed,
-            request.steps,
-            request.width,
-            request.height,
-            self.device,
-            resident.mode,
-            timings["load"],
-            timings["denoise"],
-            timings["decode"],
-        )
+        _log_run(output, request)
         return output
+
+    def _resident_for(self, request: GenerationRequest) -> tuple[_Resident, float]:
+        """The loaded pipeline for `request` and the seconds spent loading it (0 when resident)."""
+        t_load = time.perf_counter()
+        was_resident = request.model in self._resident
+        self.load(request.model)
+        load_s = 0.0 if was_resident else time.perf_counter() - t_load
+        resident = self._resident[request.model]
+        if resident.spec.kind != request.kind:
+            raise ModelUnavailable(
+                failures.WRONG_KIND.format(model=request.model, makes=resident.spec.kind, asked=request.kind)
+            )
+        return resident, load_s
 
 
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _frames_to_uint8(frames: Any) -> list[np.ndarray]:
-    """Pipeline video output (np float [0,1] batch, or lists of PIL/arrays) -> uint8 HxWx3 list."""
-    if isinstance(frames, torch.Tensor):
-        frames = frames.detach().float().cpu().numpy()
-    if isinstance(frames, np.ndarray):
-        if frames.ndim == 5:
-            frames = frames[0]
-        items = list(frames)
-    else:
-        items = list(frames[0]) if frames and isinstance(frames[0], list | tuple) else list(frames)
-    return [to_rgb_uint8(f.convert("RGB") if isinstance(f, Image.Image) else f) for f in items]
+class _Steps:
+    """The step callback of one run: progress, previews, test hooks and cancel, and when the
+    last step ended (denoising ends there; the VAE decode follows)."""
+
+    def __init__(
+        self,
+        manager: PipelineManager,
+        resident: _Resident,
+        request: GenerationRequest,
+        on_step: Callable[[StepInfo], None] | None,
+        should_cancel: Callable[[], bool] | None,
+    ) -> None:
+        self.manager = manager
+        self.resident = resident
+        self.request = request
+        self.on_step = on_step
+        self.should_cancel = should_cancel
+        self.count = 0
+        self.last = 0.0
+        self.preview_s = 0.0
+
+    def __call__(self, latents: Any) -> None:
+        total = self.request.steps
+        self.count += 1
+        n = min(self.count, total)
+        if n == total and self.manager.device == "cuda":
+            torch.cuda.synchronize()
+        self.last = time.perf_counter()
+        every = self.manager.settings.preview_every_steps
+        preview = None
+        if self.on_step is not None and every and n % every == 0 and n < total and latents is not None:
+            preview = self.resident.preview(latents, self.request)
+            self.preview_s += time.perf_counter() - self.last
+        info = StepInfo(step=n, total=total, preview=preview)
+        for hook in list(self.manager.step_hooks):
+            hook(info)
+        if self.on_step is not None:
+            self.on_step(info)
+        if self.should_cancel is not None and self.should_cancel():
+            log.info("cancelled %s at step %d/%d", self.request.model, n, total)
+            raise GenerationCancelled(failures.CANCELLED_AT_STEP.format(step=n, total=total))
+
+
+def _log_run(output: GenerationOutput, request: GenerationRequest) -> None:
+    t = output.timings
+    log.info(
+        "generated %s %s seed=%d steps=%d %dx%d on %s/%s: load %.2fs denoise %.2fs decode %.2fs",
+        request.kind,
+        request.model,
+        request.seed,
+        request.steps,
+        request.width,
+        request.height,
+        output.device,
+        output.memory_mode,
+        t["load"],
+        t["denoise"],
+        t["decode"],
+    )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

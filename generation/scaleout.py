@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from generation.settings import GenerationSettings
+
+if TYPE_CHECKING:
+    from generation.media import EncodedMedia
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +123,15 @@ class JobPayload:
 
     job_id: str
     request: dict[str, Any]
-    #: text chunks for the PNG (prompt, model, job id, seed…), as the in-process path writes them
+    #: text chunks for the PNG (prompt, model, job id, seed…): `generation.media.png_metadata`
     png_metadata: dict[str, str] = field(default_factory=dict)
     #: the result's folder name under the results dirs (the job's creation month, yyyy-mm)
     month: str = ""
     timeout_s: float | None = None
     video_crf: int = 20
     video_preset: str = "medium"
+    #: a flagged picture travels as generated (the member's server shows it behind a spoiler)
+    unfiltered: bool = False
     version: int = WIRE_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +157,7 @@ class MediaReport:
     poster: bytes | None = None
     path: str | None = None
     poster_path: str | None = None
+    nsfw_detected: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,6 +165,39 @@ class MediaReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MediaReport:
         return _from_dict(cls, data)
+
+    @classmethod
+    def describing(cls, encoded: EncodedMedia, **where: Any) -> MediaReport:
+        """The report of `encoded`: pass ``data``/``poster`` (inline) or ``path``/``poster_path``."""
+        return cls(
+            media_type=encoded.media_type,
+            suffix=encoded.suffix,
+            size_bytes=encoded.size,
+            width=encoded.width,
+            height=encoded.height,
+            frames=encoded.frames,
+            fps=encoded.fps,
+            nsfw_detected=encoded.nsfw_detected,
+            **where,
+        )
+
+    def encoded(self) -> EncodedMedia:
+        """The inline file as the encoder made it (only for a report that carries its bytes)."""
+        from generation.media import EncodedMedia
+
+        if self.data is None:
+            raise ValueError("this report carries a path, not the file's bytes")
+        return EncodedMedia(
+            data=self.data,
+            media_type=self.media_type,
+            suffix=self.suffix,
+            width=self.width,
+            height=self.height,
+            frames=self.frames,
+            fps=self.fps,
+            poster=self.poster,
+            nsfw_detected=self.nsfw_detected,
+        )
 
 
 Status = Literal["complete", "failed", "cancelled", "timeout"]
@@ -216,14 +254,3 @@ def redis_settings(url: str) -> Any:
     found.retry_on_error = [RedisConnectionError, RedisTimeoutError]
     found.retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=REDIS_RETRIES)
     return found
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write under a temporary name and rename, so no reader ever sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -1,527 +1,178 @@
-"""The GPU worker: one thread owns the pipelines and the device, and runs one request at a time.
+"""One arq worker per GPU: ``python -m generation.worker`` on any machine that can reach Redis.
 
-Whoever feeds it (the bot's in-process executor, a distributed worker process) hands it a
-:class:`WorkItem` and hears back through callbacks, all called on worker threads, never
-on an event loop: ``on_start(job_id)``, ``on_step(job_id, StepInfo)`` and exactly one
-``on_done(WorkOutcome)`` per item, plus ``on_ready()`` whenever a worker thread (the first, or a
-fresh one after a hang) is ready for work. Forwarding those to a loop
-(`loop.call_soon_threadsafe`) is the caller's business, which keeps this module free of asyncio
-and of anything Discord.
+The process loads its pipelines once at start-up and then serves arq jobs from the bot's queue
+(the work itself is :class:`generation.worker_runtime.WorkerRuntime`, on the same runner the
+embedded bot uses). It needs no Discord token, and never imports Discord: it returns encoded
+files, and the bot delivers them.
 
-What it guarantees, as arq's worker does for its jobs:
+What arq does for us, unchanged: the queue (a sorted set), unique job ids, one run per job
+(``max_tries=1``: a re-run after a lost worker is a new job the bot's queue decides on, with the
+attempt counted in its store), ``job_timeout`` as a backstop behind the GPU thread's own timeout,
+aborts (the bot's cancel), results with expiry, and its health-check key.
 
-- **cancel** (:meth:`GPUWorker.cancel`) takes effect at the next denoising step: a running
-  diffusers call cannot be interrupted from outside, so the step callback checks a flag;
-- **timeout**: a run past ``job_timeout_s`` is cancelled at its next step; a step that does not come
-  back within a grace period after the limit (a tenth of it, at least ``TIMEOUT_GRACE_MIN_S``, at most
-  ``step_watchdog_s``) is treated as hung, as below;
-- **watchdog**: a separate thread notices a step that does not come back within
-  ``step_watchdog_s``. Such a job is failed at that deadline, the hung thread is abandoned (Python
-  cannot kill a thread; it is a daemon and anything it reports later is dropped) and a fresh
-  thread with a fresh :class:`PipelineManager` from the factory serves the next job;
-- **a model that cannot load** (missing weights, wrong repo id) fails its own jobs with a message
-  for the member and is listed in :attr:`GPUWorker.load_errors` with the reason for the admins;
-  the other models keep serving, and a later job that loads it clears the entry;
-- **out of memory**: ``torch.cuda.OutOfMemoryError`` frees memory, lowers the model's memory
-  mode (`PipelineManager.downgrade_memory`) and retries, once per leaner mode; when no leaner
-  mode is left the job fails with a message for the member, and the worker keeps serving.
+What is added, and why: :class:`GatedWorker` takes a job only while this worker's GPU is free.
+arq's ``max_jobs`` is 2 so that encoding job k (on the runner's encode thread) overlaps generating
+job k+1 on the GPU, as in the embedded path; the gate keeps it at one job on the GPU, so a worker
+never sits on a job another idle worker could run, and the bot's fair order holds. It also rides
+out a Redis restart instead of letting arq's poll loop die on a connection error.
 """
 
 from __future__ import annotations
 
-import gc
-import itertools
+import argparse
+import asyncio
 import logging
-import queue
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+import os
+import sys
+from typing import Any
 
-import torch
+from arq.worker import Worker, func
 
-from generation.errors import GenerationCancelled, UserError
-from generation.params import GenerationRequest
-from generation.phases import JobPhase
-from generation.pipelines import GenerationOutput, PipelineManager, StepInfo
+from generation.scaleout import JOB_FUNCTION, ScaleoutSettings, redis_settings
+from generation.worker_runtime import REDIS_DOWN, WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-Status = Literal["complete", "failed", "cancelled", "timeout"]
-
-OOM_MESSAGE = (
-    "The GPU ran out of memory, even in its leanest memory mode. "
-    "Try a smaller size, fewer frames or fewer steps."
-)
-CRASH_MESSAGE = "Something went wrong while generating (job {job_id}); the admins can find it in the log."
-#: what a member is told; the reason (paths, settings to change) goes to the log and /readyz
-UNAVAILABLE_MESSAGE = (
-    "The model {model} is not available right now (it could not be loaded). "
-    "The admins can see why in the bot's log; please try another model or try again later."
-)
-#: after a job's time limit, how long the step in flight may still take before the worker gives
-#: up on it: a tenth of the limit, at least this much, at most `step_watchdog_s`
-TIMEOUT_GRACE_MIN_S = 2.0
+#: jobs arq may hold at once: one on the GPU and one being encoded
+MAX_JOBS = 2
 
 
-class WorkerBusy(RuntimeError):
-    """`submit` while a job is running or waiting: the feeder must respect the one slot."""
+class GatedWorker(Worker):
+    """arq's Worker, taking a job only while the GPU is free, and riding out Redis restarts.
 
-
-@dataclass(frozen=True)
-class WorkItem:
-    job_id: str
-    request: GenerationRequest
-    #: overrides the worker's `job_timeout_s` for this job
-    timeout_s: float | None = None
-
-
-@dataclass
-class WorkOutcome:
-    """How one item ended. `error` is safe to show the member; `exception` is for the log."""
-
-    job_id: str
-    status: Status
-    output: GenerationOutput | None = None
-    error: str | None = None
-    #: seconds the device spent on this job (generation and OOM retries; model loading excluded)
-    gpu_seconds: float = 0.0
-    load_s: float = 0.0
-    #: memory modes tried, in order (more than one after an out-of-memory retry)
-    memory_modes: list[str] = field(default_factory=list)
-    oom_retries: int = 0
-    exception: BaseException | None = None
-    worker_id: str = ""
-
-
-@dataclass
-class _Thread:
-    """One worker thread's identity; `abandoned` once the watchdog gave up on it."""
-
-    number: int
-    inbox: queue.SimpleQueue[WorkItem | None]
-    abandoned: bool = False
-    thread: threading.Thread | None = None
-
-
-@dataclass
-class _Run:
-    item: WorkItem
-    owner: _Thread
-    timeout_s: float
-    started: float
-    last_activity: float
-    phase: JobPhase = JobPhase.LOADING
-    cancel_reason: Literal["cancelled", "timeout"] | None = None
-    step: int = 0
-    total: int = 0
-    gen_started: float | None = None
-    gpu_seconds: float = 0.0
-    done: bool = False
-
-
-class GPUWorker:
-    """One GPU, one job at a time, on a dedicated thread, with a watchdog thread beside it.
-
-    `manager_factory` is called on the worker thread (weights load on the thread that owns the
-    device) when it starts, and again after a hang; `manager` may be given instead for the
-    first thread (a test's shared manager, or one the caller already warmed up).
+    arq reads up to ``queue_read_limit`` ids per poll and would start as many as ``max_jobs``
+    allows; here each poll starts at most one, and only when :meth:`WorkerRuntime.gpu_free`.
+    Ids of jobs running on other workers stay in arq's queue until they finish, so the ids are
+    tried in order until one starts.
     """
 
-    def __init__(
-        self,
-        *,
-        manager_factory: Callable[[], PipelineManager] | None = None,
-        manager: PipelineManager | None = None,
-        job_timeout_s: float,
-        step_watchdog_s: float,
-        on_start: Callable[[str], None] | None = None,
-        on_step: Callable[[str, StepInfo], None] | None = None,
-        on_done: Callable[[WorkOutcome], None],
-        on_ready: Callable[[], None] | None = None,
-        name: str = "gpu",
-        preload: tuple[str, ...] = (),
-    ) -> None:
-        if manager_factory is None and manager is None:
-            raise ValueError("GPUWorker needs a manager or a manager_factory")
-        if manager_factory is None:
-            assert manager is not None
-            settings, registry = manager.settings, manager.registry
-            manager_factory = lambda: PipelineManager(settings, registry)  # noqa: E731
-        self._factory = manager_factory
-        self._first_manager = manager
-        self.job_timeout_s = job_timeout_s
-        self.step_watchdog_s = step_watchdog_s
-        self._on_start = on_start
-        self._on_step = on_step
-        self._on_done = on_done
-        self._on_ready = on_ready
-        self.name = name
-        self._preload = preload
-        self._lock = threading.Lock()
-        self._current: _Thread | None = None
-        self._run: _Run | None = None
-        self._pending: WorkItem | None = None
-        self._cancel_pending: set[str] = set()
-        self._numbers = itertools.count(1)
-        self._stop = threading.Event()
-        self._watchdog: threading.Thread | None = None
-        self._manager: PipelineManager | None = None
-        self._ready = threading.Event()
-        self.jobs_done = 0
-        self.restarts = 0
-        #: model id -> why it could not be loaded (for /readyz); cleared once it loads. Replaced
-        #: whole on every change, so other threads may read it without the lock
-        self.load_errors: dict[str, str] = {}
-        self.last_heartbeat = time.monotonic()
+    def __init__(self, *args: Any, runtime: WorkerRuntime, **kwargs: Any) -> None:
+        self.runtime = runtime
+        self._redis_down = False
+        super().__init__(*args, **kwargs)
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._watchdog is not None:
-            raise RuntimeError("GPUWorker already started")
-        self._spawn(self._first_manager)
-        self._watchdog = threading.Thread(target=self._watch, name=f"{self.name}-watchdog", daemon=True)
-        self._watchdog.start()
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block until the worker thread has its pipeline manager (and preloaded models)."""
-        return self._ready.wait(timeout)
-
-    def close(self, timeout: float | None = 10.0) -> bool:
-        """Stop after the current job (if any); True when the thread ended within `timeout`."""
-        self._stop.set()
-        with self._lock:
-            current = self._current
-        if current is None:
-            return True
-        current.inbox.put(None)
-        if current.thread is not None:
-            current.thread.join(timeout)
-            return not current.thread.is_alive()
-        return True
-
-    @property
-    def manager(self) -> PipelineManager | None:
-        """The current thread's pipeline manager (None until it is built)."""
-        return self._manager
-
-    @property
-    def alive(self) -> bool:
-        with self._lock:
-            current = self._current
-        return bool(current and current.thread and current.thread.is_alive() and not self._stop.is_set())
-
-    @property
-    def busy(self) -> bool:
-        with self._lock:
-            return self._run is not None or self._pending is not None
-
-    @property
-    def has_waiting(self) -> bool:
-        """An item was handed over and has not started yet."""
-        with self._lock:
-            return self._pending is not None
-
-    @property
-    def running_job_id(self) -> str | None:
-        with self._lock:
-            return self._run.item.job_id if self._run is not None else None
-
-    @property
-    def current_job_id(self) -> str | None:
-        """The running job, else the waiting one."""
-        with self._lock:
-            if self._run is not None:
-                return self._run.item.job_id
-            return self._pending.job_id if self._pending is not None else None
-
-    def progress(self) -> tuple[int, int] | None:
-        with self._lock:
-            run = self._run
-            return None if run is None else (run.step, run.total)
-
-    # -- feeding ---------------------------------------------------------------------------
-
-    def submit(self, item: WorkItem) -> None:
-        """Hand over one item: it runs now, or right after the running one (one may wait).
-
-        Raises WorkerBusy when an item is already waiting: a feeder may claim the next job while
-        the current one decodes, so the device never waits on the feeder's bookkeeping, but
-        no further ahead than that.
-        """
-        with self._lock:
-            if self._stop.is_set() or self._current is None:
-                raise RuntimeError("GPUWorker is not running")
-            if self._pending is not None:
-                raise WorkerBusy(f"worker {self.name} already has a job waiting")
-            self._pending = item
-            self._current.inbox.put(item)
-
-    def cancel(self, job_id: str) -> bool:
-        """Ask the job to stop at its next step; False if this worker does not have it."""
-        with self._lock:
-            if self._run is not None and self._run.item.job_id == job_id:
-                if self._run.cancel_reason is None:
-                    self._run.cancel_reason = "cancelled"
-                return True
-            if self._pending is not None and self._pending.job_id == job_id:
-                self._cancel_pending.add(job_id)
-                return True
-        return False
-
-    # -- the worker thread -----------------------------------------------------------------
-
-    def _spawn(self, manager: PipelineManager | None) -> None:
-        me = _Thread(number=next(self._numbers), inbox=queue.SimpleQueue())
-        me.thread = threading.Thread(
-            target=self._main, args=(me, manager), name=f"{self.name}-{me.number}", daemon=True
-        )
-        with self._lock:
-            self._current = me
-            # a job waiting in an abandoned thread's inbox moves to the new one, under the same
-            # lock as the switch: a `submit` racing the restart lands in exactly one inbox
-            if self._pending is not None:
-                me.inbox.put(self._pending)
-        me.thread.start()
-
-    def _main(self, me: _Thread, manager: PipelineManager | None) -> None:
-        try:
-            if manager is None:
-                manager = self._factory()
-        except Exception as exc:
-            log.exception("worker %s could not build its pipeline manager", self.name)
-            startup_error: BaseException | None = exc
-        else:
-            startup_error = None
-            # one model that cannot load (missing weights, wrong repo id) must not take the
-            # others down: its jobs fail with a message, every other model keeps serving
-            for model_id in self._preload:
-                try:
-                    manager.load(model_id)
-                except Exception as exc:
-                    self._load_failed(model_id, exc)
-            self._manager = manager
-        self._ready.set()
-        # after a watchdog restart jobs may be waiting for this thread: tell the feeder it can send
-        self._call(self._on_ready)
-        while True:
-            item = me.inbox.get()
-            if item is None or me.abandoned:
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id_b in job_ids:
+            if not self.allow_pick_jobs or not self.runtime.gpu_free():
                 return
-            now = time.monotonic()
-            run = _Run(
-                item=item,
-                owner=me,
-                timeout_s=item.timeout_s if item.timeout_s is not None else self.job_timeout_s,
-                started=now,
-                last_activity=now,
-            )
-            with self._lock:
-                if me.abandoned:
-                    return
-                self._run = run
-                self._pending = None
-                if item.job_id in self._cancel_pending:
-                    self._cancel_pending.discard(item.job_id)
-                    run.cancel_reason = "cancelled"
-            self.last_heartbeat = now
-            if startup_error is not None or manager is None:
-                outcome = WorkOutcome(
-                    job_id=item.job_id,
-                    status="failed",
-                    error=getattr(startup_error, "message", None) or CRASH_MESSAGE.format(job_id=item.job_id),
-                    exception=startup_error,
-                )
-            else:
-                if run.cancel_reason is None:  # a job cancelled while it waited never "starts"
-                    self._call(self._on_start, item.job_id)
-                outcome = self._execute(manager, run)
-            outcome.worker_id = f"{self.name}-{me.number}"
-            with self._lock:
-                if run.done:  # the watchdog already failed this job and replaced this thread
-                    log.warning(
-                        "abandoned worker thread %s finished job %s late; dropped", me.number, item.job_id
-                    )
-                    return
-                run.done = True
-                self._run = None
-                self.jobs_done += 1
-            self.last_heartbeat = time.monotonic()
-            self._call(self._on_done, outcome)
-
-    def _execute(self, manager: PipelineManager, run: _Run) -> WorkOutcome:
-        item = run.item
-        request = item.request
-        outcome = WorkOutcome(job_id=item.job_id, status="failed")
-
-        def should_cancel() -> bool:
-            return run.cancel_reason is not None or run.owner.abandoned
-
-        def on_step(info: StepInfo) -> None:
-            now = time.monotonic()
-            run.last_activity = now
-            self.last_heartbeat = now
-            run.step, run.total = info.step, info.total
-            if self._on_step is not None:
-                self._call(self._on_step, item.job_id, info)
-
-        try:
-            if should_cancel():
-                raise GenerationCancelled("Cancelled before it started.")
-            t0 = time.monotonic()
+            job_id = job_id_b.decode()
+            before_task = self.tasks.get(job_id)
+            before_count = self.job_counter
             try:
-                manager.load(request.model)
-            except Exception as exc:
-                self._load_failed(request.model, exc)
-                outcome.error = UNAVAILABLE_MESSAGE.format(model=request.model)
-                outcome.exception = exc
-                return outcome
-            if request.model in self.load_errors:
-                self.load_errors = {m: r for m, r in self.load_errors.items() if m != request.model}
-            outcome.load_s = time.monotonic() - t0
-            outcome.memory_modes.append(manager.memory_mode(request.model))
-            run.phase = JobPhase.RUNNING
-            while True:
-                t = time.monotonic()
-                run.last_activity = run.gen_started = t
-                run.total = request.steps
-                try:
-                    output = manager.run(request, on_step=on_step, should_cancel=should_cancel)
-                except torch.cuda.OutOfMemoryError as exc:
-                    outcome.gpu_seconds += time.monotonic() - t
-                    _free_memory()
-                    lower = manager.downgrade_memory(request.model)
-                    log.warning(
-                        "job %s: out of GPU memory in mode %s; %s",
-                        item.job_id,
-                        outcome.memory_modes[-1],
-                        f"retrying in {lower}" if lower else "no leaner mode left",
-                    )
-                    if lower is None:
-                        outcome.error = OOM_MESSAGE
-                        outcome.exception = exc
-                        return outcome
-                    outcome.memory_modes.append(lower)
-                    outcome.oom_retries += 1
-                    continue
-                outcome.gpu_seconds += time.monotonic() - t
-                outcome.status = "complete"
-                outcome.output = output
-                return outcome
-        except GenerationCancelled as exc:
-            outcome.gpu_seconds += _since(run.gen_started) if outcome.status != "complete" else 0.0
-            if run.cancel_reason == "timeout":
-                outcome.status = "timeout"
-                outcome.error = f"The job ran past the {run.timeout_s:g} s time limit and was stopped."
-            else:
-                outcome.status = "cancelled"
-                outcome.error = exc.message
-            return outcome
-        except UserError as exc:
-            outcome.error = exc.message
-            outcome.exception = exc
-            return outcome
-        except Exception as exc:
-            log.exception("job %s failed on worker %s", item.job_id, self.name)
-            outcome.error = CRASH_MESSAGE.format(job_id=item.job_id)
-            outcome.exception = exc
-            return outcome
-
-    # -- the watchdog ----------------------------------------------------------------------
-
-    def _watch(self) -> None:
-        tick = max(0.02, min(0.5, self.step_watchdog_s / 5, self.job_timeout_s / 5))
-        while not self._stop.wait(tick):
-            with self._lock:
-                run = self._run
-            if run is None or run.done:
-                continue
-            now = time.monotonic()
-            if run.cancel_reason is None and now - run.started > run.timeout_s:
-                log.warning(
-                    "job %s ran past %.1fs: stopping it at the next step", run.item.job_id, run.timeout_s
-                )
-                run.cancel_reason = "timeout"
-            # loading may legitimately take long (a first download); steps may not
-            stepping = run.phase == JobPhase.RUNNING
-            limit = self.step_watchdog_s if stepping else max(run.timeout_s, self.step_watchdog_s)
-            if now - run.last_activity > limit:
-                self._abandon(run, now)
-            elif stepping and now - run.started > run.timeout_s + self._timeout_grace(run):
-                # past the time limit and the step in flight never came back to see the flag
-                self._abandon(run, now, past_limit=True)
-
-    def _timeout_grace(self, run: _Run) -> float:
-        return min(self.step_watchdog_s, max(TIMEOUT_GRACE_MIN_S, run.timeout_s / 10))
-
-    def _abandon(self, run: _Run, now: float, *, past_limit: bool = False) -> None:
-        with self._lock:
-            if run.done:
+                await super().start_jobs([job_id_b])
+            except REDIS_DOWN:
+                task = self.tasks.get(job_id)
+                if self.job_counter > before_count and (task is None or task is before_task):
+                    # arq counted the job but never started it: give the slot back
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
+            task = self.tasks.get(job_id)
+            if task is not None and task is not before_task:
+                self.runtime.claim(job_id)
+                task.add_done_callback(lambda _t, j=job_id: self.runtime.task_ended(j))
                 return
-            run.done = True
-            run.owner.abandoned = True
-            self._run = None
-            self.restarts += 1
-        what = "a generation step" if run.phase == JobPhase.RUNNING else "loading the model"
-        log.error(
-            "job %s: %s did not return within %.0fs%s; abandoning worker thread %d and starting a fresh one",
-            run.item.job_id,
-            what,
-            now - run.last_activity,
-            f" (past the {run.timeout_s:g} s time limit)" if past_limit else "",
-            run.owner.number,
-        )
-        if past_limit:
-            error = (
-                f"The job ran past the {run.timeout_s:g} s time limit and the GPU stopped responding; "
-                "the job was stopped and the worker restarted."
-            )
-        else:
-            error = (
-                f"The GPU stopped responding ({what} took over {self.step_watchdog_s:g} s); "
-                "the job was stopped and the worker restarted."
-            )
-        outcome = WorkOutcome(
-            job_id=run.item.job_id,
-            status="timeout",
-            error=error,
-            gpu_seconds=_since(run.gen_started),
-            worker_id=f"{self.name}-{run.owner.number}",
-        )
-        if not self._stop.is_set():
-            self._ready.clear()
-            self._spawn(None)
-        self._call(self._on_done, outcome)
 
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _load_failed(self, model_id: str, exc: BaseException) -> None:
-        reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-        self.load_errors = {**self.load_errors, model_id: reason}  # replaced, never mutated: read lock-free
-        log.error("worker %s: model %s could not be loaded: %s", self.name, model_id, reason)
-
-    def _call(self, fn: Callable[..., None] | None, *args: object) -> None:
-        if fn is None:
-            return
+    async def _poll_iteration(self) -> None:
         try:
-            fn(*args)
-        except Exception:
-            log.exception("worker %s: callback %s failed", self.name, getattr(fn, "__name__", fn))
+            await super()._poll_iteration()
+        except REDIS_DOWN as exc:
+            if not self._redis_down:
+                log.warning("Redis unreachable (%s); the worker keeps its models and retries", exc)
+                self._redis_down = True
+            await asyncio.sleep(min(1.0, self.runtime.settings.heartbeat_every_s))
+            return
+        if self._redis_down:
+            log.info("Redis reachable again; taking jobs")
+            self._redis_down = False
 
 
-def _since(t: float | None) -> float:
-    return 0.0 if t is None else time.monotonic() - t
+async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """The arq job function: one generation request, returned as an encoded file."""
+    runtime: WorkerRuntime = ctx["runtime"]
+    return await runtime.run(ctx["job_id"], payload)
 
 
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+class WorkerSettings:
+    """arq's settings for our worker, as a class (arq's convention); :func:`build_worker` adds
+    what comes from :class:`ScaleoutSettings` (Redis, queue name, timeouts, health checks)."""
+
+    max_jobs = MAX_JOBS
+    max_tries = 1
+    allow_abort_jobs = True
+    retry_jobs = True
 
 
-if __name__ == "__main__":  # `python -m generation.worker`: one arq worker on the bot's Redis queue
-    from generation.arq_worker import main
+def build_worker(settings: ScaleoutSettings, *, runtime: WorkerRuntime | None = None) -> GatedWorker:
+    """The arq worker for `settings` (call inside the event loop that will run it, or before
+    `run()`; arq binds to the current loop)."""
+    if not settings.queue_url:
+        raise ValueError("QUEUE_URL is not set: the worker needs the Redis URL the bot uses")
+    runtime = runtime or WorkerRuntime(settings=settings)
+    keys = runtime.keys
+    # the GPU thread stops a job at job_timeout_s; arq's timeout is only the backstop behind it
+    backstop_s = settings.job_timeout_s + settings.step_watchdog_s + 60.0
+    function = func(
+        generate,
+        name=JOB_FUNCTION,
+        timeout=backstop_s,
+        max_tries=WorkerSettings.max_tries,
+        keep_result=settings.result_keep_s,
+    )
+    return GatedWorker(
+        functions=[function],
+        runtime=runtime,
+        queue_name=keys.queue,
+        redis_settings=redis_settings(settings.queue_url),
+        on_startup=runtime.startup,
+        on_shutdown=runtime.shutdown,
+        after_job_end=runtime.after_job_end,
+        max_jobs=WorkerSettings.max_jobs,
+        job_timeout=backstop_s,
+        keep_result=settings.result_keep_s,
+        poll_delay=settings.worker_poll_delay_s,
+        max_tries=WorkerSettings.max_tries,
+        health_check_interval=settings.worker_health_check_s,
+        health_check_key=keys.arq_health(runtime.worker_id),
+        allow_abort_jobs=WorkerSettings.allow_abort_jobs,
+        retry_jobs=WorkerSettings.retry_jobs,
+        # SIGTERM: take no new job, let the running one finish (up to its own time limit)
+        job_completion_wait=int(settings.job_timeout_s),
+        ctx={"runtime": runtime},
+    )
 
-    raise SystemExit(main())
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m generation.worker``: run one arq worker (one GPU) until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(
+        prog="python -m generation.worker",
+        description="Run one GPU worker for the bot's queue on Redis (QUEUE_URL). "
+        "Every other knob comes from the environment or .env, as for the bot.",
+    )
+    parser.add_argument("--queue-url", help="Redis URL (overrides QUEUE_URL)")
+    parser.add_argument("--name", help="worker name shown in /info (overrides WORKER_NAME)")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    overrides: dict[str, Any] = {}
+    if args.queue_url:
+        overrides["queue_url"] = args.queue_url
+    if args.name:
+        overrides["worker_name"] = args.name
+    settings = ScaleoutSettings(**overrides)
+    if not settings.queue_url:
+        log.error("QUEUE_URL is not set: give the Redis URL the bot uses (e.g. redis://host:6379/0)")
+        return 2
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        build_worker(settings).run()
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m generation.worker` is the entry point
+    sys.exit(main())

@@ -11,12 +11,14 @@ from PIL import Image
 
 from generation.media import (
     DoesNotFit,
+    EncodeOptions,
     encode_mp4,
     encode_png,
     fit_to_size,
     have_ffprobe,
     is_faststart,
     mp4_top_level_boxes,
+    png_metadata,
     poster_frame,
     probe,
     read_png_metadata,
@@ -176,13 +178,14 @@ def test_poster_frame_is_a_jpeg_of_the_middle_frame():
 
 
 @needs_ffprobe
-def test_encode_output_for_the_worker(pipeline_manager, tiny_video):
-    from generation.media import encode_output
+def test_encode_output_for_the_runner(pipeline_manager, tiny_video):
+    from generation.runner import encode_output
 
     request, _ = tiny_video
     output = pipeline_manager.run(request)
-    encoded = encode_output(output, max_bytes=1_000_000)
-    assert encoded.filename == f"video-{request.seed}.mp4" and encoded.content_type == "video/mp4"
+    encoded = encode_output(output, EncodeOptions(max_bytes=1_000_000))
+    assert (encoded.suffix, encoded.media_type) == (".mp4", "video/mp4")
+    assert (encoded.frames, encoded.fps) == (request.frames, request.fps)
     assert encoded.fit is not None and encoded.fit.passes == 0, "a small clip fits at once"
     assert encoded.poster is not None and encoded.poster[:2] == b"\xff\xd8"
     assert output.timings["encode"] == encoded.encode_s > 0
@@ -190,15 +193,18 @@ def test_encode_output_for_the_worker(pipeline_manager, tiny_video):
 
 
 def test_encode_output_image_falls_back_to_jpeg_then_gives_up(pipeline_manager, tiny_registry):
-    from generation.media import encode_output
+    from generation.runner import encode_output
 
     request = validate_request(
         "image", {"prompt": "dunes", "seed": 4, "steps": 2}, tiny_registry["tiny-image"]
     )
     output = pipeline_manager.run(request)
-    png = encode_output(output)
-    assert png.content_type == "image/png" and read_png_metadata(png.data)["prompt"] == "dunes"
-    jpeg = encode_output(output, max_bytes=png.size - 1)
-    assert jpeg.content_type == "image/jpeg" and jpeg.filename.endswith(".jpg") and jpeg.size < png.size
+    meta = png_metadata(request, job_id="j1")
+    png = encode_output(output, EncodeOptions(png_metadata=meta))
+    assert png.media_type == "image/png" and png.suffix == ".png" and png.poster is None
+    text = read_png_metadata(png.data)
+    assert (text["prompt"], text["seed"], text["job_id"]) == ("dunes", "4", "j1")
+    jpeg = encode_output(output, EncodeOptions(png_metadata=meta, max_bytes=png.size - 1))
+    assert jpeg.media_type == "image/jpeg" and jpeg.suffix == ".jpg" and jpeg.size < png.size
     with pytest.raises(DoesNotFit):
-        encode_output(output, max_bytes=100)
+        encode_output(output, EncodeOptions(png_metadata=meta, max_bytes=100))

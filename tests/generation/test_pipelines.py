@@ -10,8 +10,9 @@ import torch
 
 from generation.errors import GenerationCancelled, ModelUnavailable
 from generation.models import ModelSpec
+from generation.outputs import StepInfo
 from generation.params import ImageRequest, VideoRequest, validate_request
-from generation.pipelines import MEMORY_MODES, PipelineManager, StepInfo
+from generation.pipelines import MEMORY_MODES, PipelineManager
 from tests.conftest import make_tiny_settings
 
 log = logging.getLogger(__name__)

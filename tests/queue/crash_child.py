@@ -28,8 +28,9 @@ from bot.core.queue import BaseJobListener, JobQueue, JobResult
 from bot.core.store.sqlite import SQLiteStore
 from bot.settings import Settings
 from generation.models import build_registry, get_spec
+from generation.outputs import StepInfo
 from generation.params import validate_request
-from generation.pipelines import PipelineManager, StepInfo
+from generation.pipelines import PipelineManager
 from tests.conftest import make_tiny_settings
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The GPU worker on its own: one job running and at most one waiting; a hang hands the waiting
+"""The GPU thread on its own: one job running and at most one waiting; a hang hands the waiting
 job to the fresh thread."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import time
 
 import pytest
 
+from generation.gpu_thread import GPUBusy, GPUThread, WorkItem
 from generation.models import ModelSpec, get_spec
+from generation.outputs import StepInfo, WorkOutcome
 from generation.params import validate_request
-from generation.pipelines import PipelineManager, StepInfo
+from generation.pipelines import PipelineManager
 from generation.settings import GenerationSettings
-from generation.worker import GPUWorker, WorkerBusy, WorkItem, WorkOutcome
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,7 +46,7 @@ def test_a_waiting_job_survives_a_hung_thread(
         if len(done) == 2:
             finished.set()
 
-    worker = GPUWorker(
+    worker = GPUThread(
         manager=isolated_pipeline_manager,
         manager_factory=lambda: PipelineManager(tiny_settings, tiny_registry),
         job_timeout_s=30,
@@ -59,7 +60,7 @@ def test_a_waiting_job_survives_a_hung_thread(
         assert hung.wait(20)
         worker.submit(item(tiny_registry, "next"))  # waits behind the running one
         assert worker.has_waiting and worker.running_job_id == "stuck"
-        with pytest.raises(WorkerBusy):
+        with pytest.raises(GPUBusy):
             worker.submit(item(tiny_registry, "one too many"))
         assert finished.wait(30)
         by_id = {o.job_id: o for o in done}

@@ -1,5 +1,6 @@
 """How a finished file travels from a worker to the bot, without processes or Redis: the worker's
-encode step and the bot's store step, in each RESULT_TRANSFER mode, against the embedded path."""
+placing step and the bot's store step, in each RESULT_TRANSFER mode, against the embedded path.
+Both paths encode with the one runner encoder; this checks the files land alike."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from pathlib import Path
 import pytest
 
 from bot.core.arq_executor import ArqExecutor
+from bot.core.executor import RESULT_CRF
 from bot.core.jobs import Job
-from bot.core.results import ResultWriter, png_metadata
-from generation.arq_worker import WorkerRuntime
+from bot.core.results import ResultWriter
+from generation.media import EncodedMedia, EncodeOptions, png_metadata
 from generation.models import ModelSpec
 from generation.params import request_from_dict
-from generation.pipelines import GenerationOutput, PipelineManager
+from generation.pipelines import PipelineManager
+from generation.runner import encode_output
 from generation.scaleout import JobPayload, MediaReport, ScaleoutSettings
 from generation.settings import GenerationSettings
+from generation.worker_runtime import WorkerRuntime
 from tests.queue.conftest import make_job, queue_settings
 
 
@@ -24,7 +28,7 @@ def payload_for(job: Job) -> JobPayload:
     return JobPayload(
         job_id=job.id,
         request=dict(job.params),
-        png_metadata=png_metadata(job, request),
+        png_metadata=png_metadata(request, job_id=job.id),
         month=job.created_at.strftime("%Y-%m"),
     )
 
@@ -34,8 +38,11 @@ def runtime(tiny: GenerationSettings, **overrides: object) -> WorkerRuntime:
     return WorkerRuntime(settings=settings, manager_factory=lambda: None, preload=())  # type: ignore[arg-type,return-value]
 
 
-def generate(manager: PipelineManager, job: Job) -> GenerationOutput:
-    return manager.run(request_from_dict(job.params))
+def generate(manager: PipelineManager, job: Job) -> EncodedMedia:
+    """The job run and encoded as both executors' runner does it."""
+    request = request_from_dict(job.params)
+    options = EncodeOptions(png_metadata=png_metadata(request, job_id=job.id), crf=RESULT_CRF)
+    return encode_output(manager.run(request), options)
 
 
 @pytest.mark.parametrize("kind", ["image", "video"])
@@ -48,15 +55,15 @@ def test_inline_bytes_land_as_the_embedded_path_writes_them(
 ) -> None:
     extra = {"frames": 4} if kind == "video" else {}
     job = make_job(tiny_registry, "fay", kind=kind, **extra)
-    output = generate(pipeline_manager, job)
-    found = runtime(tiny_settings)._encode(payload_for(job), output)
+    encoded = generate(pipeline_manager, job)
+    found = runtime(tiny_settings).place(payload_for(job), encoded)
     assert found.data is not None and found.path is None
     assert (found.poster is not None) == (kind == "video")
 
     settings = queue_settings(tiny_settings, tmp_path, queue_url="redis://127.0.0.1:1/0")
     executor = ArqExecutor(settings=settings)
     result = executor._store_media(job, MediaReport.from_dict(found.to_dict()))
-    embedded = ResultWriter(results_dir=tmp_path / "embedded").write(job, output)
+    embedded = ResultWriter(results_dir=tmp_path / "embedded").save(job, encoded)
     # same layout under RESULTS_DIR, same bytes, same description
     assert Path(result.path).relative_to(settings.results_dir) == Path(embedded.path).relative_to(
         tmp_path / "embedded"
@@ -74,21 +81,21 @@ def test_large_results_go_through_shared_storage_and_missing_mounts_say_so(
     tmp_path: Path,
 ) -> None:
     job = make_job(tiny_registry, "gus", frames=4)
-    output = generate(pipeline_manager, job)
+    encoded = generate(pipeline_manager, job)
     shared = tmp_path / "shared"
     # auto: inline up to the limit, a path above it
     small = runtime(tiny_settings, shared_results_dir=shared, result_inline_max_bytes=10**6)
-    assert small._encode(payload_for(job), output).data is not None
+    assert small.place(payload_for(job), encoded).data is not None
     big = runtime(tiny_settings, shared_results_dir=shared, result_inline_max_bytes=100)
-    found = big._encode(payload_for(job), output)
+    found = big.place(payload_for(job), encoded)
     assert found.data is None and found.path is not None and found.size_bytes > 100
     assert Path(found.path).parent == shared / job.created_at.strftime("%Y-%m")
     assert found.poster_path is not None and Path(found.poster_path).exists()
     # without a shared folder everything travels inline, whatever the size
-    assert runtime(tiny_settings, result_inline_max_bytes=100)._encode(payload_for(job), output).data
+    assert runtime(tiny_settings, result_inline_max_bytes=100).place(payload_for(job), encoded).data
     # path: always the shared folder
     forced = runtime(tiny_settings, shared_results_dir=shared, result_transfer="path")
-    assert forced._encode(payload_for(job), output).path is not None
+    assert forced.place(payload_for(job), encoded).path is not None
 
     settings = queue_settings(tiny_settings, tmp_path, queue_url="redis://127.0.0.1:1/0")
     executor = ArqExecutor(settings=settings)
