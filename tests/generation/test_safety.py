@@ -6,16 +6,21 @@ thresholds below any similarity), saved and loaded back with the pipeline like e
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from generation.media import EncodeOptions
 from generation.models import build_registry
 from generation.params import ImageRequest, validate_request
 from generation.pipelines import PipelineManager
+from generation.runner import encode_output
+from generation.scaleout import MediaReport
 from tests.conftest import make_tiny_settings
 
 log = logging.getLogger(__name__)
@@ -65,3 +70,18 @@ def test_a_model_without_a_checker_flags_nothing_and_keeps_no_copy(checked: Pipe
 def test_the_flagged_twin_is_listed_with_its_checker(tiny_model_cache: Path) -> None:
     spec = build_registry(make_tiny_settings(tiny_model_cache))["tiny-image-flagged"]
     assert spec.has_safety_checker and spec.tiny and spec.kind == "image"
+
+
+def test_the_runner_encodes_a_flagged_picture_blacked_out_unless_asked_for_it_unfiltered(
+    checked: PipelineManager,
+) -> None:
+    """The one encoder decides which picture a flagged run's file holds, for every way in."""
+    output = checked.run(request_for(checked, "tiny-image-flagged"))
+    blacked = encode_output(output, EncodeOptions())
+    shown = encode_output(output, EncodeOptions(unfiltered=True))
+    assert blacked.nsfw_detected and shown.nsfw_detected
+    assert np.asarray(Image.open(io.BytesIO(blacked.data))).max() == 0
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(shown.data))), np.asarray(output.unfiltered[0]))
+    # the verdict crosses Redis with the file (arq's result) and comes back whole
+    report = MediaReport.from_dict(MediaReport.describing(shown, data=shown.data).to_dict())
+    assert report.encoded().nsfw_detected and report.encoded().data == shown.data
