@@ -748,6 +748,8 @@ BAD_MESSAGES = [
         "components.0.components.1.custom_id",
     ),
     ({"embeds": [{"title": "t", "color": "red"}]}, "embeds.0.color"),
+    ({"embeds": [{"title": "t", "image": {"url": "result.png"}}]}, "embeds.0.image.url"),
+    ({"embeds": [{"title": "t", "timestamp": "yesterday"}]}, "embeds.0.timestamp"),
     ({"embeds": [{"description": "d" * 4097}]}, "embeds.0.description"),
     ({"embeds": [{"title": "t" * 257}]}, "embeds.0.title"),
     ({"embeds": [{"fields": [{"name": "n", "value": "v" * 1025}]}]}, "embeds.0.fields.0.value"),

@@ -106,7 +106,8 @@ def find_operation(method: str, path: str) -> tuple[Operation, dict[str, str]] |
 def _validator(schema_json: str) -> jsonschema_rs.Validator:
     """One compiled validator per distinct schema; `$ref`s resolve inside the trimmed spec."""
     root = {"components": _spec()["components"], **json.loads(schema_json)}
-    return jsonschema_rs.Draft202012Validator(root)
+    # formats are checked too (Discord refuses an embed url that is not a URL); unknown ones pass
+    return jsonschema_rs.Draft202012Validator(root, validate_formats=True)
 
 
 def _validator_for(schema: dict) -> jsonschema_rs.Validator:
@@ -208,6 +209,9 @@ def _discord_error(error: jsonschema_rs.ValidationError) -> tuple[str, str]:
         "Enum": ("BASE_TYPE_CHOICES", f"Value must be one of {getattr(kind, 'options', '')}."),
         "Constant": ("BASE_TYPE_CHOICES", f"Value must be {getattr(kind, 'expected_value', '')}."),
         "UniqueItems": ("BASE_TYPE_DUPLICATES", "Items must be unique."),
+        "Format": ("URL_TYPE_INVALID_URL", "Not a well formed URL.")
+        if getattr(kind, "format", None) == "uri"
+        else ("BASE_TYPE_INVALID", error.message),
         "Type": ("BASE_TYPE_BAD_TYPE", f"Value must be of type {getattr(kind, 'types', '')}."),
         "AnyOf": ("UNION_TYPE_CHOICES", "Value matches none of the allowed shapes."),
         "OneOfNotValid": ("UNION_TYPE_CHOICES", "Value matches none of the allowed shapes."),
