@@ -828,6 +828,15 @@ async def test_command_definitions_discord_would_refuse_get_its_400(
     assert len(fake.take_invalid_requests()) == 1 and fake.registered_commands() == []
 
 
+async def test_more_than_ten_files_in_one_message_are_refused(fake: FakeDiscord, bot: DemoBot) -> None:
+    channel = bot.get_channel(fake.guild.channel().id)
+    files = [discord.File(io.BytesIO(b"x"), f"{i}.txt") for i in range(11)]
+    with pytest.raises(discord.HTTPException) as caught:
+        await channel.send("eleven", files=files[:10] + files[10:])
+    assert (caught.value.status, caught.value.code) == (400, 50035)
+    assert [c.files[-1][0] for c in fake.take_invalid_requests()] == ["10.txt"]
+
+
 async def test_query_and_path_parameters_are_checked_too(fake: FakeDiscord) -> None:
     channel = fake.guild.channel()
     async with aiohttp.ClientSession(headers={"Authorization": f"Bot {fake.token}"}) as http:

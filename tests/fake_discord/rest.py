@@ -43,6 +43,7 @@ from .state import DEFAULT_ERROR_MESSAGES, FaultRule, RecordedCall, State
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v10"
+MAX_FILES = 10
 #: how long Discord remembers a message nonce sent with `enforce_nonce` ("a few minutes")
 NONCE_WINDOW_S = 300.0
 
@@ -312,6 +313,8 @@ class RestApi:
             raise ApiError(400, 50035, body={"code": 50035, "message": "Invalid Form Body", "errors": {}})
         errors = FormErrors()
         validate_message_body(body, errors)
+        if files > MAX_FILES:  # "up to 10 files" (developers/reference, Uploading Files)
+            errors.add("files", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_FILES} or fewer in length.")
         if errors:
             raise ApiError(400, 50035, body=errors.to_body())
         if create and is_empty_message(body, files):
