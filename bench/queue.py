@@ -161,7 +161,7 @@ class DeliveryLike:
 @contextlib.asynccontextmanager
 async def tiny_video_queue(**overrides: Any) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
     """A started queue with the in-process executor (tiny twins preloaded) on a temp SQLite file."""
-    from bot.core.executor import InProcessExecutor
+    from bot.core.inprocess import InProcessExecutor
     from bot.core.store.sqlite import SQLiteStore
 
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp_name:

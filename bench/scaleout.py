@@ -126,7 +126,7 @@ class Cluster:
 @contextlib.asynccontextmanager
 async def bot_queue(tmp: Path, name: str, **overrides: Any) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
     from bot.core.arq_executor import ArqExecutor
-    from bot.core.executor import InProcessExecutor
+    from bot.core.inprocess import InProcessExecutor
     from bot.core.store.sqlite import SQLiteStore
 
     folder = tmp / name

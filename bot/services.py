@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from bot import preflight
-from bot.core.executor import Executor, InProcessExecutor
+from bot.core.executor import Executor
 from bot.core.jobs import Job
 from bot.core.queue import JobQueue
 from bot.core.store import create_store
@@ -71,12 +71,15 @@ class Services:
 
 
 def build_executor(settings: Settings, registry: dict[str, ModelSpec]) -> Executor:
-    """arq workers on Redis when QUEUE_URL is set, else the in-process GPU thread (preloading the
-    configured models). arq and redis are imported only in the first case."""
+    """arq workers on Redis when QUEUE_URL is set, else the in-process runner (preloading the
+    configured models). arq and redis are imported only in the first case, torch and diffusers only
+    in the second."""
     if settings.queue_url:
         from bot.core.arq_executor import ArqExecutor
 
         return ArqExecutor(settings=settings)
+    from bot.core.inprocess import InProcessExecutor
+
     preload = tuple(dict.fromkeys(m for m in (settings.image_model, settings.video_model) if m in registry))
     return InProcessExecutor(settings=settings, preload=preload)
 

@@ -57,9 +57,7 @@ class Rule:
 RULES = (
     Rule("generation", ("bot", "discord", "aiohttp")),
     Rule("bot.core", ("discord", "aiohttp.web")),
-    # torch, diffusers and transformers join this list once the executor seam no longer leads
-    # core's queue to the GPU modules; until then the direct rule below holds for the Discord face
-    Rule("bot.discord_ui", ("bot.web",)),
+    Rule("bot.discord_ui", ("torch", "diffusers", "transformers", "bot.web")),
     Rule("bot.web", ("discord",)),
 )
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from bot.core.executor import InProcessExecutor
+from bot.core.inprocess import InProcessExecutor
 from bot.core.jobs import Job, JobState, Source
 from bot.core.queue import BaseJobListener, JobQueue, JobResult
 from bot.core.store.base import Store

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bot.core.executor import InProcessExecutor
+from bot.core.inprocess import InProcessExecutor
 from bot.core.jobs import Job, JobState
 from bot.core.queue import BaseJobListener, JobQueue, JobResult
 from bot.core.store.sqlite import SQLiteStore

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from bot.core.costs import CostModel, cost_key
-from bot.core.executor import InProcessExecutor
+from bot.core.inprocess import InProcessExecutor
 from bot.core.jobs import JobState, utcnow
 from bot.core.queue import (
     REDELIVER_WINDOW,

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from bot.core.executor import InProcessExecutor
+from bot.core.inprocess import InProcessExecutor
 from bot.core.jobs import Job, JobState
 from bot.core.queue import JobQueue
 from bot.core.store.base import Store, StoreUnavailable

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from bot.core.executor import InProcessExecutor
+from bot.core.inprocess import InProcessExecutor
 from bot.services import build_executor
 from bot.settings import Settings
 from generation.models import build_registry

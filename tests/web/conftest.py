@@ -70,7 +70,7 @@ async def store(web_settings: Settings) -> AsyncIterator[Store]:
 @pytest.fixture
 async def real_queue(web_settings: Settings, store: Store, pipeline_manager: Any) -> AsyncIterator[Any]:
     """The real JobQueue with the in-process GPU worker on the session's tiny pipelines, started."""
-    from bot.core.executor import InProcessExecutor
+    from bot.core.inprocess import InProcessExecutor
     from bot.core.queue import JobQueue
 
     queue = JobQueue(

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis import GenerationMode
 
-from bot.core.executor import InProcessExecutor
+from bot.core.inprocess import InProcessExecutor
 from bot.core.queue import JobQueue
 from bot.core.store import create_store
 from bot.settings import Settings

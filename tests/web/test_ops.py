@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.core import metrics
-from bot.core.executor import InProcessExecutor
+from bot.core.inprocess import InProcessExecutor
 from bot.core.jobs import JobState
 from bot.core.queue import JobQueue
 from bot.core.store.base import StoreUnavailable
