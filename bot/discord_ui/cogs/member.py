@@ -122,8 +122,8 @@ class Member(commands.Cog):
         text = (
             "**/imagine** `prompt` — a picture. Options: negative_prompt, seed, steps, guidance, aspect or "
             "width/height, model.\n"
-            "**/video** `prompt` — a short clip (16-64 frames). Options: negative_prompt, seed, steps, "
-            "guidance, frames, fps, model.\n"
+            "**/video** `prompt` — a short clip (each model has its own frame range). Options: "
+            "negative_prompt, seed, steps, guidance, frames, fps, model.\n"
             "**/queue status** — where your jobs are · **/queue cancel** — take one back\n"
             "**/history** — your requests and their seeds · **/info** — models and queue health\n"
             f"You can have {s.max_queued_per_user} jobs waiting at once. The same seed and settings give the "
