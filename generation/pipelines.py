@@ -346,7 +346,7 @@ class PipelineManager:
             "denoise": steps.last - t0 if steps.count else t_end - t0,
             "decode": t_end - steps.last if steps.count else 0.0,
             "total": load_s + t_end - t0,
-            # part of denoise: latent previews (the VAE calibration on a model's first preview included)
+            # part of denoise: latent previews (the VAE calibration happens at load)
             "preview": steps.preview_s,
         }
         output = GenerationOutput(
