@@ -115,6 +115,24 @@ async def test_submit_video_uses_the_video_limits(make_client, stub_queue) -> No
     assert "frames" in error["message"]
 
 
+async def test_a_frame_count_off_the_models_rule_is_snapped_and_the_caller_told(
+    make_client, stub_queue
+) -> None:
+    client = await make_client(stub_queue)
+    resp = await client.post(
+        "/api/v1/videos",
+        json={"prompt": "waves", "model": "tiny-wan", "frames": 10, "width": 70, "steps": 2},
+        headers=auth("alice"),
+    )
+    assert resp.status == 202
+    body = await resp.json()
+    assert (body["params"]["frames"], body["params"]["width"]) == (9, 64)
+    assert "tiny-wan makes 4k+1 frames: using 9 (asked 10)." in body["notes"]
+    assert any("multiple of 16" in note for note in body["notes"])
+    again = await client.get(f"/api/v1/jobs/{body['id']}", headers=auth("alice"))
+    assert (await again.json())["notes"] == body["notes"]  # kept with the request log
+
+
 @pytest.mark.parametrize(
     ("body", "names"),
     [
