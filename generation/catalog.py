@@ -114,7 +114,7 @@ REAL_MODELS: tuple[ModelSpec, ...] = (
         vram_full_gib=8.0,
         vram_offload_gib=5.5,
         vram_sequential_gib=3.0,
-        license="Stability AI Community License (non-commercial research licence until July 2024)",
+        license="Stability AI Non-Commercial Research Community License (non-commercial)",
         description="SDXL Turbo: 512x512 images in 1-4 steps",
     ),
     ModelSpec(
