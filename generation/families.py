@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageOps
 
 from generation.errors import InvalidRequest
-from generation.params import GenerationRequest, VideoRequest
+from generation.params import GenerationRequest, ImageRequest, Sample, VideoRequest
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ def call_kwargs(
         "generator": torch.Generator(device="cpu").manual_seed(request.seed),
         "output_type": "pil",
     }
+    if isinstance(request, ImageRequest) and request.count > 1:
+        kwargs.update(batch_kwargs(request.samples()))
     if isinstance(request, VideoRequest):
         kwargs.update(num_frames=request.frames, output_type="np")
         if family(pipeline) == "ltx":
@@ -83,6 +85,17 @@ def call_kwargs(
             log.debug("%s does not take %s", pipeline, ", ".join(dropped))
         kwargs = {k: v for k, v in kwargs.items() if k in signature.accepts}
     return kwargs
+
+
+def batch_kwargs(samples: Sequence[Sample]) -> dict[str, Any]:
+    """One pipeline call for several images: lists of prompts and negatives, one generator each
+    (diffusers draws each sample's noise from its own generator, so each seed stands alone)."""
+    negatives = [s.negative_prompt or "" for s in samples]
+    return {
+        "prompt": [s.prompt for s in samples],
+        "negative_prompt": negatives if any(negatives) else None,
+        "generator": [torch.Generator(device="cpu").manual_seed(s.seed) for s in samples],
+    }
 
 
 def _callback_kwargs(pipeline: str, signature: CallSignature, step: Callable[[Any], None]) -> dict[str, Any]:

@@ -49,9 +49,27 @@ def poster_path(result: Path, job_id: str) -> Path:
     return result.with_name(f"{job_id}{POSTER_SUFFIX}")
 
 
+def part_path(result: Path, job_id: str, number: int) -> Path:
+    """Image `number` (1-based) of a grid, beside the grid: what U1..U4 post."""
+    return result.with_name(f"{job_id}.{number}.png")
+
+
+def part_paths(result: Path, job_id: str) -> list[Path]:
+    """The kept images of a grid that are still on disk, in grid order (none for one image)."""
+    found = []
+    for number in range(1, 10):
+        path = part_path(result, job_id, number)
+        if not path.exists():
+            break
+        found.append(path)
+    return found
+
+
 def save_encoded(folder: Path, job_id: str, encoded: EncodedMedia) -> SavedFiles:
-    """Blocking: the poster first, then the file, so a visible file always has its poster."""
+    """Blocking: poster and a grid's images first, then the file, so a visible file has them all."""
     path = result_path(folder, job_id, encoded.suffix)
+    for number, data in enumerate(encoded.parts, start=1):
+        write_atomic(part_path(path, job_id, number), data)
     poster: Path | None = None
     if encoded.poster is not None:
         poster = poster_path(path, job_id)

@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import struct
-import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -357,6 +356,21 @@ def poster_frame(frames: Sequence[np.ndarray] | np.ndarray, *, quality: int = 85
     return buf.getvalue()
 
 
+#: pixels between the tiles of a grid (one gap per row and column: 8 px in all on a 2x2)
+GRID_PADDING = 8
+
+
+def compose_grid(images: Sequence[Image.Image], *, padding: int = GRID_PADDING) -> Image.Image:
+    """The tiles at full size, two to a row (1x2, 2x2): the layout members know from other bots."""
+    cols = min(2, len(images))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w + (cols - 1) * padding, rows * h + (rows - 1) * padding), "white")
+    for i, image in enumerate(images):
+        grid.paste(image.convert("RGB"), ((i % cols) * (w + padding), (i // cols) * (h + padding)))
+    return grid
+
+
 # -- a finished file ---------------------------------------------------------------------------
 
 
@@ -393,6 +407,8 @@ class EncodedMedia:
     encode_s: float = 0.0
     #: the safety checker flagged the picture
     nsfw_detected: bool = False
+    #: for a grid: each image alone, as PNG, in grid order (what U1..U4 post)
+    parts: tuple[bytes, ...] = ()
 
     @property
     def size(self) -> int:
@@ -445,46 +461,3 @@ def is_faststart(data: bytes) -> bool:
 
 def have_ffprobe() -> bool:
     return Path(FFPROBE).is_file() or shutil.which("ffprobe") is not None
-
-
-def probe(source: str | Path | bytes) -> dict[str, Any]:
-    """Codec, pixel format, size, frame count, fps and box order of an MP4, via ffprobe."""
-    exe = FFPROBE if Path(FFPROBE).is_file() else shutil.which("ffprobe")
-    if not exe:
-        raise FileNotFoundError("ffprobe not found (install ffmpeg, or set FFPROBE)")
-    with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
-        if isinstance(source, bytes):
-            path = Path(tmp) / "in.mp4"
-            path.write_bytes(source)
-            data = source
-        else:
-            path = Path(source)
-            data = path.read_bytes()
-        result = subprocess.run(
-            [exe, "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    if result.returncode != 0:
-        raise EncodeError(f"ffprobe failed: {result.stderr.strip()[:300]}")
-    info = json.loads(result.stdout)
-    video = next((s for s in info.get("streams", []) if s.get("codec_type") == "video"), None)
-    if video is None:
-        raise EncodeError("no video stream")
-    frames = video.get("nb_read_frames") or video.get("nb_frames") or 0
-    return {
-        "codec": video.get("codec_name"),
-        "profile": video.get("profile"),
-        "pix_fmt": video.get("pix_fmt"),
-        "width": int(video.get("width", 0)),
-        "height": int(video.get("height", 0)),
-        "frames": int(frames),
-        "fps": float(Fraction(video.get("avg_frame_rate") or video.get("r_frame_rate") or "0/1")),
-        "duration": float(info.get("format", {}).get("duration", 0.0)),
-        "format": info.get("format", {}).get("format_name"),
-        "size": len(data),
-        "boxes": mp4_top_level_boxes(data),
-        "faststart": is_faststart(data),
-    }

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
+#: images one request may ask for (posted as one grid)
+MAX_COUNT = 4
 SIZE_MULTIPLE = 8
 #: the widest frame range of the built-in models: what a command can declare before the
 #: member picks a model (each model's own range and rule are checked by `validate_request`)
@@ -38,12 +40,25 @@ FRAMES_RANGE = (
 #: fields a request carries that are not stored with it (see `notes`)
 _TRANSIENT = frozenset({"notes"})
 #: stored fields that older records lack, with the value they meant
-_OPTIONAL = {"image": None}
+_OPTIONAL: dict[str, Any] = {"image": None, "count": 1}
 
 #: keys `validate_request` accepts besides the request fields (they are checked elsewhere)
 _IGNORED_KEYS = frozenset({"kind", "model"})
 #: alternative spellings callers commonly use
 _ALIASES = {"guidance_scale": "guidance", "num_frames": "frames", "num_inference_steps": "steps"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a batched pipeline call, with its own generator seed.
+
+    A batch is a list of these: one request's `count` images today; images of several
+    requests that share a model and shape can join the same list.
+    """
+
+    prompt: str
+    negative_prompt: str | None
+    seed: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +75,8 @@ class ImageRequest:
     guidance: float
     width: int
     height: int
+    #: images in one run (a grid when more than one); image i has seed `seed + i`
+    count: int = 1
     #: what validation changed and why ("wan-1.3b makes 4k+1 frames: using 17"), for the member
     notes: tuple[str, ...] = field(default=(), compare=False)
 
@@ -69,6 +86,15 @@ class ImageRequest:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageRequest:
         return cls(**_fields_from_dict(cls, data))
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """Each image's seed: consecutive, so any one image can be made again alone."""
+        return tuple((self.seed + i) % (MAX_SEED + 1) for i in range(self.count))
+
+    def samples(self) -> tuple[Sample, ...]:
+        """The batch one pipeline call runs: one (prompt, negative, seed) per image."""
+        return tuple(Sample(self.prompt, self.negative_prompt, seed) for seed in self.seeds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -263,6 +289,8 @@ def _known_values(kind: str, raw: Mapping[str, Any], spec: ModelSpec) -> dict[st
         raise InvalidRequest(f"model {model!r} does not match the model spec {spec.id!r}.")
     values = {_ALIASES.get(k, k): v for k, v in raw.items() if _ALIASES.get(k, k) not in _IGNORED_KEYS}
     allowed = {"prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height"}
+    if kind == "image":
+        allowed.add("count")
     if kind == "video":
         allowed |= {"frames", "fps", "image"}
     unknown = sorted(set(values) - allowed)
@@ -325,7 +353,9 @@ def validate_request(
         ),
     }
     if kind == "image":
-        return ImageRequest(**common, notes=tuple(notes))
+        default_count = settings.default_image_count if settings is not None else 1
+        count = _int(values.get("count", default_count), name="count", lo=1, hi=MAX_COUNT)
+        return ImageRequest(**common, count=count, notes=tuple(notes))
     return VideoRequest(
         **common,
         frames=_frames(values.get("frames", spec.default_frames), spec, notes),

@@ -39,6 +39,7 @@ from generation.media import (
     EncodeError,
     EncodeOptions,
     FitResult,
+    compose_grid,
     encode_mp4,
     encode_png,
     fit_to_size,
@@ -290,10 +291,8 @@ def encode_output(output: GenerationOutput, options: EncodeOptions | None = None
         encoded = _encode_video(output.frames, int(getattr(output.request, "fps", 8) or 8), options)
     elif output.images:
         flagged = output.nsfw_detected
-        image = (
-            output.unfiltered[0] if flagged and options.unfiltered and output.unfiltered else output.images[0]
-        )
-        encoded = dataclasses.replace(_encode_image(image, options), nsfw_detected=flagged)
+        images = output.unfiltered if flagged and options.unfiltered and output.unfiltered else output.images
+        encoded = dataclasses.replace(_encode_images(images, output.request, options), nsfw_detected=flagged)
     else:
         raise EncodeError("the generation produced neither frames nor images")
     encode_s = time.perf_counter() - t0
@@ -321,6 +320,21 @@ def _encode_video(frames: list[np.ndarray], fps: int, options: EncodeOptions) ->
         poster=poster_frame(frames),
         fit=fit,
     )
+
+
+def _encode_images(
+    images: list[Image.Image], request: GenerationRequest, options: EncodeOptions
+) -> EncodedMedia:
+    """One image as it is; several as one grid, with each image kept alone (its own seed inside)."""
+    if len(images) == 1:
+        return _encode_image(images[0], options)
+    seeds = getattr(request, "seeds", ()) or tuple(range(len(images)))
+    parts = tuple(
+        encode_png(image, {**options.png_metadata, "seed": str(seed)}) for image, seed in zip(images, seeds)
+    )
+    meta = {**options.png_metadata, "seeds": ",".join(str(s) for s in seeds)}
+    grid = _encode_image(compose_grid(images), dataclasses.replace(options, png_metadata=meta))
+    return dataclasses.replace(grid, parts=parts)
 
 
 def _encode_image(image: Image.Image, options: EncodeOptions) -> EncodedMedia:

@@ -158,6 +158,8 @@ class MediaReport:
     path: str | None = None
     poster_path: str | None = None
     nsfw_detected: bool = False
+    #: a grid's images alone, inline with the grid (on shared storage they lie beside its path)
+    parts: list[bytes] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,6 +199,7 @@ class MediaReport:
             fps=self.fps,
             poster=self.poster,
             nsfw_detected=self.nsfw_detected,
+            parts=tuple(self.parts),
         )
 
 

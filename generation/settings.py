@@ -94,6 +94,8 @@ class GenerationSettings(LogSettings):
     max_resident_models: int = Field(default=2, ge=1)
     # a low-res preview from the latents every N denoising steps (0 = none)
     preview_every_steps: int = Field(default=5, ge=0)
+    # images per /imagine when the member asks for no count (1-4: one grid of that many)
+    default_image_count: int = Field(default=1, ge=1, le=4)
 
     @field_validator("extra_models", mode="before")
     @classmethod

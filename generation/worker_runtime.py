@@ -280,7 +280,9 @@ class WorkerRuntime:
     def place(self, payload: JobPayload, encoded: EncodedMedia) -> MediaReport:
         """Blocking: the file travels inline in arq's result, or as a path on shared storage."""
         if not self._to_shared_storage(encoded.size):
-            return MediaReport.describing(encoded, data=encoded.data, poster=encoded.poster)
+            return MediaReport.describing(
+                encoded, data=encoded.data, poster=encoded.poster, parts=list(encoded.parts)
+            )
         folder = Path(self.settings.shared_results_dir or ".") / (payload.month or "unsorted")
         saved = save_encoded(folder, payload.job_id, encoded)
         poster = str(saved.poster_path) if saved.poster_path is not None else None

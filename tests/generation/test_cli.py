@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from generation.__main__ import main
-from generation.media import have_ffprobe, probe, read_png_metadata
+from generation.media import have_ffprobe, read_png_metadata
+from generation.media_probe import probe
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from generation.__main__ import main
-from generation.media import have_ffprobe, probe, read_png_metadata
+from generation.media import have_ffprobe, read_png_metadata
+from generation.media_probe import probe
 from tests.generation.test_cli import run_cli
 
 log = logging.getLogger(__name__)

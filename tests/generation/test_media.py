@@ -20,9 +20,9 @@ from generation.media import (
     mp4_top_level_boxes,
     png_metadata,
     poster_frame,
-    probe,
     read_png_metadata,
 )
+from generation.media_probe import probe
 from generation.params import validate_request
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from bot.core.jobs import Source
-from generation.media import have_ffprobe, probe
+from generation.media import have_ffprobe
+from generation.media_probe import probe
 from tests.web.conftest import auth
 
 pytestmark = pytest.mark.timeout(120)

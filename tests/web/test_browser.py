@@ -16,7 +16,8 @@ import pytest
 
 from bot.core.jobs import JobState
 from bot.web import create_web_app, serve
-from generation.media import encode_mp4, have_ffprobe, probe
+from generation.media import encode_mp4, have_ffprobe
+from generation.media_probe import probe
 from generation.models import build_registry
 from generation.params import validate_request
 from tests.web.cdp import chromium_page, find_chromium

@@ -1,0 +1,70 @@
+"""Several images in one pipeline call: each keeps its own seed, the grid holds them all."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from generation.errors import InvalidRequest
+from generation.media import GRID_PADDING, EncodeOptions, read_png_metadata
+from generation.params import ImageRequest, request_from_dict, validate_request
+from generation.runner import encode_output
+from tests.generation.test_pipelines import image_request
+
+log = logging.getLogger(__name__)
+
+
+def test_a_batch_of_four_gives_each_seed_its_own_image(pipeline_manager, tiny_registry):
+    batch = image_request(tiny_registry, seed=7, count=4)
+    assert batch.seeds == (7, 8, 9, 10)
+    output = pipeline_manager.run(batch)
+    assert output.images is not None and len(output.images) == 4
+    alone = pipeline_manager.run(image_request(tiny_registry, seed=9)).images
+    assert alone is not None
+    # image 3 of the batch is the seed-9 image made on its own, up to batched-matmul noise
+    diff = np.abs(np.asarray(output.images[2], dtype=int) - np.asarray(alone[0], dtype=int))
+    assert diff.mean() < 2
+    assert np.abs(np.asarray(output.images[0], dtype=int) - np.asarray(output.images[1], dtype=int)).mean() > 1
+
+    encoded = encode_output(output, EncodeOptions(png_metadata={"prompt": batch.prompt}))
+    grid = Image.open(io.BytesIO(encoded.data))
+    assert grid.size == (2 * 64 + GRID_PADDING, 2 * 64 + GRID_PADDING)
+    assert (encoded.width, encoded.height) == grid.size
+    assert read_png_metadata(encoded.data)["seeds"] == "7,8,9,10"
+    assert len(encoded.parts) == 4
+    third = Image.open(io.BytesIO(encoded.parts[2]))
+    assert third.size == (64, 64)
+    assert read_png_metadata(encoded.parts[2])["seed"] == "9"
+    np.testing.assert_array_equal(np.asarray(third.convert("RGB")), np.asarray(output.images[2]))
+
+
+def test_two_images_make_a_one_by_two_grid(pipeline_manager, tiny_registry):
+    output = pipeline_manager.run(image_request(tiny_registry, count=2, width=64, height=48))
+    encoded = encode_output(output)
+    assert (encoded.width, encoded.height) == (2 * 64 + GRID_PADDING, 48)
+    assert len(encoded.parts) == 2
+
+
+@pytest.mark.parametrize("count", [0, 5, 9, "many"])
+def test_count_out_of_range_is_refused(tiny_registry, count):
+    with pytest.raises(InvalidRequest, match="count"):
+        image_request(tiny_registry, count=count)
+
+
+def test_a_stored_request_without_count_means_one(tiny_registry):
+    request = image_request(tiny_registry, count=3)
+    data = request.to_dict()
+    assert data["count"] == 3
+    assert request_from_dict(data) == request
+    del data["count"]
+    restored = request_from_dict(data)
+    assert isinstance(restored, ImageRequest) and restored.count == 1
+
+
+def test_video_requests_take_no_count(tiny_registry):
+    with pytest.raises(InvalidRequest, match="count"):
+        validate_request("video", {"prompt": "x", "count": 2, "frames": 8}, tiny_registry["tiny-video"])
