@@ -330,7 +330,8 @@ def _encode_images(
         return _encode_image(images[0], options)
     seeds = getattr(request, "seeds", ()) or tuple(range(len(images)))
     parts = tuple(
-        encode_png(image, {**options.png_metadata, "seed": str(seed)}) for image, seed in zip(images, seeds)
+        encode_png(image, {**options.png_metadata, "seed": str(seed)})
+        for image, seed in zip(images, seeds, strict=False)
     )
     meta = {**options.png_metadata, "seeds": ",".join(str(s) for s in seeds)}
     grid = _encode_image(compose_grid(images), dataclasses.replace(options, png_metadata=meta))

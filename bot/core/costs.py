@@ -35,14 +35,16 @@ CostKey = tuple[str, str, int, int, int, int]
 
 
 def cost_key(params: Mapping[str, Any]) -> CostKey:
-    """The shape of a request that decides its cost: (model, kind, width, height, frames, steps)."""
+    """The shape of a request that decides its cost: (model, kind, width, height, frames, steps);
+    for images, `frames` is how many the request makes in one batch."""
     kind = str(params.get("kind") or "image")
     return (
         str(params.get("model") or "?"),
         kind,
         int(params.get("width") or 512),
         int(params.get("height") or 512),
-        int(params.get("frames") or 1) if kind == "video" else 1,
+        # a batch of images costs like that many frames
+        int(params.get("frames") or 1) if kind == "video" else int(params.get("count") or 1),
         int(params.get("steps") or 25),
     )
 

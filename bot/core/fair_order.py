@@ -115,6 +115,7 @@ class FairOrder:
         return lane.jobs[lane.index_of(job_id)]
 
     def count_for_user(self, user_id: str) -> int:
+        """Queue units (images) the member has waiting."""
         return self._per_user.get(user_id, 0)
 
     def jobs_for_user(self, user_id: str) -> list[Job]:
@@ -144,7 +145,7 @@ class FairOrder:
                 lane = users[job.user_id] = _Lane()
             lane.insert(key, job, self._cost(job))
         self._where[job.id] = where
-        self._per_user[job.user_id] = self._per_user.get(job.user_id, 0) + 1
+        self._per_user[job.user_id] = self._per_user.get(job.user_id, 0) + job.units
 
     def remove(self, job_id: str) -> Job | None:
         """Take a job out (cancelled, claimed); None if it was not queued."""
@@ -158,8 +159,8 @@ class FairOrder:
             del users[where.user_id]
             if not users:
                 del self._classes[where.priority]
-        left = self._per_user[job.user_id] - 1
-        if left:
+        left = self._per_user[job.user_id] - job.units
+        if left > 0:
             self._per_user[job.user_id] = left
         else:
             del self._per_user[job.user_id]

@@ -90,6 +90,11 @@ class Job:
     #: what validation adjusted (a frame count snapped to the model's rule...), as the requester was told
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def units(self) -> int:
+        """Queue places the job takes: one per image it makes (a video is one)."""
+        return max(1, int(self.params.get("count") or 1)) if self.kind == "image" else 1
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["state"] = self.state.value

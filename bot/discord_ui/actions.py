@@ -7,7 +7,9 @@ Every method is called after the interaction was deferred; it answers with a fol
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -19,6 +21,7 @@ from bot.discord_ui.formatting import queued_status, short_id
 from bot.discord_ui.permissions import check_can_deliver
 from bot.discord_ui.views import NOT_YOURS, status_view
 from generation.errors import InvalidRequest
+from generation.files import part_path
 from generation.models import default_model_id, get_spec
 from generation.params import random_seed, validate_request
 
@@ -129,6 +132,23 @@ class Actions:
         job = self.build_job(interaction, kind=parent.kind, raw=raw)
         job.parent_id = parent.id
         return await self.submit(interaction, job)
+
+    async def post_image(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> None:
+        """`Un`: image n of a grid alone, from the file kept beside the grid: no GPU work."""
+        job = await self.bot.store.get_job(job_id)
+        if job is None or not job.result_path or n > job.units:
+            raise InvalidRequest("That result is gone, so its images cannot be posted again.")
+        try:
+            data = await asyncio.to_thread(part_path(Path(job.result_path), job.id, n).read_bytes)
+        except OSError:
+            raise InvalidRequest(f"Image {n} of that result is no longer kept.") from None
+        channel = self.bot.get_partial_messageable(int(interaction.channel_id or job.channel_id or 0))
+        await self.bot.delivery.post_image(channel, job, n, data, user_id=str(interaction.user.id))
+        await interaction.followup.send(f"Posted image {n}.", ephemeral=True, allowed_mentions=NONE)
+
+    async def vary(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> Job:
+        """`Vn`: image-to-image from image n with a new seed, the same prompt and count."""
+        raise InvalidRequest("Variations are not available on this bot yet.")
 
     def may_delete(self, job: Job, interaction: discord.Interaction[Any]) -> bool:
         """The one rule for deleting a result: its requester, or an admin."""

@@ -225,7 +225,7 @@ class DiscordDelivery:
         return await channel.send(
             content=f"<@{job.user_id}>",
             embed=result_embed(job, attachment_name=None),  # its note says what happened
-            view=result_view(job.id),
+            view=result_view(job.id, count=job.units),
             allowed_mentions=_mention_only(job.user_id),
             nonce=result_nonce(job.id),
         )
@@ -257,9 +257,20 @@ class DiscordDelivery:
             content=f"<@{job.user_id}>",
             embed=result_embed(job, attachment_name=None if spoiler else name, link=link),
             file=file,
-            view=result_view(job.id),
+            view=result_view(job.id, count=job.units),
             allowed_mentions=_mention_only(job.user_id),
             nonce=result_nonce(job.id),
+        )
+
+    async def post_image(self, channel: Any, job: Job, n: int, data: bytes, *, user_id: str) -> Any:
+        """Image `n` of a grid alone, at full size, with the single-image buttons (`Un`)."""
+        name = f"image-{job.id[:8]}-{n}.png"
+        return await channel.send(
+            content=f"<@{user_id}>",
+            embed=result_embed(job, attachment_name=name, image=n),
+            file=discord.File(io.BytesIO(data), filename=name),
+            view=result_view(job.id),
+            allowed_mentions=_mention_only(user_id),
         )
 
     async def _post_link(self, channel: Any, job: Job, result: JobResult, *, limit: int) -> Any:
@@ -275,7 +286,7 @@ class DiscordDelivery:
         return await channel.send(
             content=f"<@{job.user_id}>",
             embed=result_embed(job, attachment_name=None, link=link),
-            view=result_view(job.id),
+            view=result_view(job.id, count=job.units),
             allowed_mentions=_mention_only(job.user_id),
             nonce=result_nonce(job.id),
         )

@@ -83,11 +83,25 @@ def final_status(job: Job) -> str:
     return f"{headline(job)}\n{what}\n> {safe_text(job.prompt, 300)}"
 
 
-def parameter_fields(job: Job) -> list[tuple[str, str]]:
+def image_seeds(job: Job) -> list[int]:
+    """Each image's seed: consecutive from the request's seed (see `ImageRequest.seeds`)."""
+    seed = int(job.seed if job.seed is not None else job.params.get("seed") or 0)
+    return [(seed + i) % 2**32 for i in range(job.units)]
+
+
+def parameter_fields(job: Job, *, image: int | None = None) -> list[tuple[str, str]]:
+    """`image`: the fields of image n of a grid alone (its own seed)."""
     p: dict[str, Any] = job.params
+    seeds = image_seeds(job)
+    if image is not None:
+        seed_field = ("Seed", str(seeds[image - 1]))
+    elif len(seeds) > 1:
+        seed_field = ("Seeds", ", ".join(str(s) for s in seeds))
+    else:
+        seed_field = ("Seed", str(job.seed if job.seed is not None else p.get("seed")))
     fields = [
         ("Model", job.model),
-        ("Seed", str(job.seed if job.seed is not None else p.get("seed"))),
+        seed_field,
         ("Steps", str(p.get("steps"))),
         ("Guidance", str(p.get("guidance"))),
         ("Size", f"{p.get('width')}×{p.get('height')}"),
@@ -96,7 +110,9 @@ def parameter_fields(job: Job) -> list[tuple[str, str]]:
         fields.append(("Frames", f"{p.get('frames')} @ {p.get('fps')} fps"))
     if job.gpu_seconds is not None:
         fields.append(("GPU time", f"{job.gpu_seconds:.1f} s"))
-    if job.parent_id:
+    if image is not None:
+        fields.append(("Image", f"{image} of {len(seeds)} from `{short_id(job.id)}`"))
+    elif job.parent_id:
         fields.append(("Reroll of", f"`{short_id(job.parent_id)}`"))
     return fields
 
@@ -117,7 +133,9 @@ def nsfw_note(job: Job) -> str | None:
     return NSFW_NOTES.get(job.nsfw_action, NSFW_NOTES["blackout"])
 
 
-def result_embed(job: Job, *, attachment_name: str | None, link: str | None = None) -> discord.Embed:
+def result_embed(
+    job: Job, *, attachment_name: str | None, link: str | None = None, image: int | None = None
+) -> discord.Embed:
     """Every parameter a member needs to reproduce the result, seed included."""
     embed = discord.Embed(
         title=safe_text(job.prompt, 250),
@@ -126,7 +144,7 @@ def result_embed(job: Job, *, attachment_name: str | None, link: str | None = No
             f"**Negative:** {safe_text(job.negative_prompt, 1000)}" if job.negative_prompt else None
         ),
     )
-    for name, value in parameter_fields(job):
+    for name, value in parameter_fields(job, image=image):
         embed.add_field(name=name, value=value, inline=True)
     note = nsfw_note(job)
     if note:

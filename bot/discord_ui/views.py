@@ -1,4 +1,4 @@
-"""Buttons on status and result messages: Cancel, Reroll, Delete.
+"""Buttons on status and result messages: Cancel, Reroll, Delete, and U1..U4 / V1..V4 on a grid.
 
 They are `DynamicItem`s: the job id lives in the fixed-shape `custom_id`
 (`job:<action>:<job id>`), so a button clicked after a restart is still routed here and
@@ -46,6 +46,10 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"job:
                 custom_id=f"job:{self.action}:{job_id}",
             )
         )
+
+    def with_row(self, row: int | None) -> _JobButton:
+        self.row = row
+        return self
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         """Buttons share the slash commands' error policy (bot.error_replies)."""
@@ -119,17 +123,75 @@ class DeleteButton(_JobButton, template=r"job:delete:" + JOB_ID):
         await bot.actions.delete_result(self.job_id, interaction=interaction)
 
 
+class _ImageButton(_JobButton, template=r"job:unused(?P<n>[1-4]):" + JOB_ID):
+    """A button about image n of a grid (`U2`, `V3`): `job:<action><n>:<job id>`."""
+
+    def __init__(self, job_id: str, n: int, row: int | None = None) -> None:
+        self.job_id, self.n = job_id, n
+        discord.ui.DynamicItem.__init__(
+            self,
+            discord.ui.Button(
+                label=f"{self.label}{n}",
+                style=self.style,
+                custom_id=f"job:{self.action}{n}:{job_id}",
+            ),
+            row=row,
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> _ImageButton:
+        return cls(match["job_id"], int(match["n"]))
+
+
+class PickButton(_ImageButton, template=r"job:u(?P<n>[1-4]):" + JOB_ID):
+    """`Un`: image n alone at full size, from the kept file (no GPU work)."""
+
+    action = "u"
+    label = "U"
+
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await _bot(interaction).actions.post_image(self.job_id, self.n, interaction=interaction)
+
+
+class VaryButton(_ImageButton, template=r"job:v(?P<n>[1-4]):" + JOB_ID):
+    """`Vn`: a variation of image n (image-to-image from it, a new seed, the same count)."""
+
+    action = "v"
+    label = "V"
+
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await _bot(interaction).actions.vary(self.job_id, self.n, interaction=interaction)
+
+
 def status_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
     return view
 
 
-def result_view(job_id: str) -> discord.ui.View:
+def result_view(job_id: str, *, count: int = 1) -> discord.ui.View:
+    """Reroll and Delete; a grid of `count` images also gets U1..Un and V1..Vn, a row each
+    (Discord allows five buttons to a row and five rows)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(RerollButton(job_id))
-    view.add_item(DeleteButton(job_id))
+    if count > 1:
+        for n in range(1, count + 1):
+            view.add_item(PickButton(job_id, n, row=0))
+        for n in range(1, count + 1):
+            view.add_item(VaryButton(job_id, n, row=1))
+    row = 2 if count > 1 else None
+    view.add_item(RerollButton(job_id).with_row(row))
+    view.add_item(DeleteButton(job_id).with_row(row))
     return view
 
 
-DYNAMIC_ITEMS: tuple[type[_JobButton], ...] = (CancelButton, RerollButton, DeleteButton)
+DYNAMIC_ITEMS: tuple[type[_JobButton], ...] = (
+    CancelButton,
+    RerollButton,
+    DeleteButton,
+    PickButton,
+    VaryButton,
+)

@@ -68,9 +68,10 @@ class Limits:
             )
         cap = record.max_queued if record.max_queued is not None else settings.max_queued_per_user
         mine = self.state.order.count_for_user(user_id) + self._reserved[user_id] - 1
-        if mine >= cap:
+        if mine + job.units > cap:
+            needs = f"; this request makes {job.units} images, each counts" if job.units > 1 else ""
             raise TooManyQueued(
-                f"You already have {mine} job{'s' if mine != 1 else ''} waiting (the limit is {cap}); "
+                f"You already have {mine} job{'s' if mine != 1 else ''} waiting (the limit is {cap}{needs}); "
                 "wait for one to finish or cancel one with /queue cancel."
             )
         await self._check_quota(job, record.daily_gpu_seconds)

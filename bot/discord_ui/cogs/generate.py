@@ -59,6 +59,7 @@ class Generate(commands.Cog):
         width="Width in pixels (multiple of 8)",
         height="Height in pixels (multiple of 8)",
         model="Image model",
+        count="How many images (1-4), posted as one grid with U/V buttons",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     @app_commands.autocomplete(model=image_models)
@@ -74,6 +75,7 @@ class Generate(commands.Cog):
         width: app_commands.Range[int, 64, 2048] | None = None,
         height: app_commands.Range[int, 64, 2048] | None = None,
         model: str | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
     ) -> None:
         """Create an image from a text prompt."""
         if aspect is not None and width is None and height is None:
@@ -89,6 +91,7 @@ class Generate(commands.Cog):
             "width": width,
             "height": height,
             "model": model,
+            "count": count,
         }
         await self._queue(interaction, kind="image", raw=raw)
 

@@ -1,0 +1,77 @@
+"""Iterating on a result: a grid of several images, and U1..U4 posting one of them alone."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sqlite3
+
+import pytest
+from PIL import Image
+
+from generation.media import GRID_PADDING
+from tests.bot.conftest import BotProcess
+from tests.bot.test_e2e import TINY, ask, job_id_of, private_reply, queue_job, result_message
+from tests.fake_discord import FakeMessage
+
+log = logging.getLogger(__name__)
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
+
+
+def jobs_stored(bot: BotProcess) -> int:
+    with sqlite3.connect(bot.workdir / "bot.db") as db:
+        return int(db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+
+
+def labels(message: FakeMessage) -> list[str]:
+    return [c["label"] for c in message.buttons]
+
+
+async def test_count_four_posts_one_grid_and_u2_posts_image_two_alone_without_a_job(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    short = await queue_job(
+        bot, "imagine", {"prompt": "four foxes", **TINY, "seed": 500, "count": 4}, user="alice"
+    )
+    grid_message = await result_message(bot, short)
+    job_id = job_id_of(grid_message)
+
+    grid = Image.open(io.BytesIO(grid_message.attachment.data))
+    assert grid.size == (2 * 64 + GRID_PADDING, 2 * 64 + GRID_PADDING)
+    assert labels(grid_message) == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", "Reroll", "Delete"]
+    assert len(grid_message.components) == 3  # U row, V row, Reroll and Delete
+    fields = {f["name"]: f["value"] for f in grid_message.embed["fields"]}
+    assert fields["Seeds"] == "500, 501, 502, 503"
+    kept = sorted(p.name for p in (bot.workdir / "results").rglob(f"{job_id}.*.png"))
+    assert kept == [f"{job_id}.{n}.png" for n in range(1, 5)]
+
+    jobs_before = jobs_stored(bot)
+    click = await bot.discord.click(grid_message, f"job:u2:{job_id}", user=bot.members["bob"])
+    reply = await private_reply(click)
+    assert "image 2" in reply.content
+
+    def is_image_two(m: FakeMessage) -> bool:
+        found = {f["name"]: f["value"] for f in (m.embed or {}).get("fields", [])}
+        return found.get("Image") == f"2 of 4 from `{short}`"
+
+    alone = await bot.discord.wait_for_message(is_image_two, timeout=15)
+    picture = Image.open(io.BytesIO(alone.attachment.data))
+    assert picture.size == (64, 64)
+    assert picture.text["seed"] == "501"
+    assert {f["name"]: f["value"] for f in alone.embed["fields"]}["Seed"] == "501"
+    assert labels(alone) == ["Reroll", "Delete"]
+    assert alone.pings().users == {bot.members["bob"].user.id}
+    # the same pixels as tile 2 of the grid (top right): no new generation
+    tile = grid.convert("RGB").crop((64 + GRID_PADDING, 0, 2 * 64 + GRID_PADDING, 64))
+    assert tile.tobytes() == picture.convert("RGB").tobytes()
+    assert jobs_stored(bot) == jobs_before
+
+
+async def test_a_count_over_four_is_refused_privately_and_queues_nothing(running_bot: BotProcess) -> None:
+    bot = running_bot
+    jobs_before = jobs_stored(bot)
+    with pytest.raises(Exception, match="count"):  # Discord itself enforces the declared range
+        await ask(bot, "imagine", {"prompt": "nine cats", **TINY, "count": 9}, user="carol")
+    assert jobs_stored(bot) == jobs_before
