@@ -233,3 +233,30 @@ async def test_a_wrong_token_stops_start_up_with_a_clear_message(
     assert "DISCORD_TOKEN" in output and "401" in output
     assert "Traceback" not in output
     assert "not-the-token" not in output  # secrets never reach the log
+
+
+@pytest.mark.timeout(240)
+async def test_a_public_url_on_another_port_is_warned_about(env: dict[str, str], tmp_path: Path) -> None:
+    port = int(env["WEB_PORT"])
+    env = {**env, "PUBLIC_URL": f"http://127.0.0.1:{port + 1}"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.web",
+        env=env,
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(60):
+            line = await until_line(proc.stdout, "PUBLIC_URL", seen)
+        proc.send_signal(signal.SIGTERM)  # honoured once the models have loaded
+        await asyncio.wait_for(proc.communicate(), timeout=150)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert "WARNING" in line and f"port {port + 1}" in line and f"listens on {port}" in line
