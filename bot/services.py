@@ -26,9 +26,9 @@ from bot.core.store import create_store
 from bot.core.store.base import Store
 from bot.core.store.buffer import BufferedStore
 from bot.settings import Settings
-from bot.web.app import create_web_app, serve
+from bot.web.app import create_web_app, serve, settings_checks
 from bot.web.links import LinkSigner
-from bot.web.readiness import default_checks, run_checks
+from bot.web.readiness import run_checks, without_paths
 from generation.models import ModelSpec, build_registry
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,8 @@ class Services:
 
     async def health(self) -> dict[str, Any]:
         """What /info shows: the same checks as /readyz, plus models and device."""
-        problems = await run_checks(
-            default_checks(
-                store=self.store,
-                queue=self.queue,
-                results_dir=self.settings.results_dir,
-                min_free_disk_mb=self.settings.min_free_disk_mb,
-            )
-        )
+        checks = settings_checks(self.settings, self.store, self.queue)
+        problems = [without_paths(reason) for reason in await run_checks(checks)]
         workers = self.queue.workers()
         executor = self.queue.executor
         worker = getattr(executor, "worker", None)

@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
 from generation.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -186,6 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except UserError as exc:
         sys.stderr.write(f"error: {exc.message}\n")
+        return EXIT_BAD_INPUT
+    except (ValidationError, SettingsError) as exc:  # a wrong value in the environment or .env
+        from generation.settings import GenerationSettings, settings_error_lines
+
+        for line in settings_error_lines(exc, GenerationSettings):
+            sys.stderr.write(f"error: {line}\n")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

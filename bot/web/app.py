@@ -79,14 +79,7 @@ def create_web_app(
     app[TROUBLE_KEY] = status_page.RecentTrouble()
     listener = metrics.QueueMetrics()
     app[BUSY_KEY] = listener.busy
-    if checks is None:
-        checks = default_checks(
-            store=store,
-            queue=queue,
-            results_dir=settings.results_dir,
-            min_free_disk_mb=settings.min_free_disk_mb,
-        )
-    app[CHECKS_KEY] = list(checks)
+    app[CHECKS_KEY] = list(checks) if checks is not None else settings_checks(settings, store, queue)
 
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
@@ -117,6 +110,13 @@ def create_web_app(
 
 
 # -- health ------------------------------------------------------------------------------------
+
+
+def settings_checks(settings: Settings, store: Store, queue: Any) -> list[ReadinessCheck]:
+    """The default readiness checks, the results folder and its free space included."""
+    return default_checks(
+        store=store, queue=queue, results_dir=settings.results_dir, min_free_disk_mb=settings.min_free_disk_mb
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,12 @@ log = logging.getLogger(__name__)
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 
 PING_TIMEOUT_S = 2.0
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s()'\",;:]+")
+
+
+def without_paths(reason: str) -> str:
+    """A reason fit for public eyes (the status page, /info): absolute paths replaced by "…"."""
+    return _ABSOLUTE_PATH.sub("…", reason)
 
 
 async def run_checks(checks: Sequence[ReadinessCheck]) -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections import deque
 from datetime import UTC, datetime
 from importlib import resources
@@ -30,7 +29,7 @@ from bot.core.queue import RunningEntry
 from bot.core.store import Store, StoreUnavailable
 from bot.web.downloads import Publicity
 from bot.web.keys import CHECKS_KEY, QUEUE_KEY, STORE_KEY, TROUBLE_KEY
-from bot.web.readiness import run_checks
+from bot.web.readiness import run_checks, without_paths
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ CSP = (
     "style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:])/[^\s()'\",;]+")
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("bot.web", "templates"),
@@ -112,7 +110,7 @@ async def page_state(request: web.Request) -> dict[str, Any]:
     store = request.app[STORE_KEY]
     snap = request.app[QUEUE_KEY].snapshot()
     public = Publicity.of(request.app)
-    reasons = [_ABSOLUTE_PATH.sub("…", reason) for reason in await run_checks(request.app[CHECKS_KEY])]
+    reasons = [without_paths(reason) for reason in await run_checks(request.app[CHECKS_KEY])]
     running = [await _running(entry, public) for entry in snap.running]
     trouble = [await _trouble(job, public) for job in request.app[TROUBLE_KEY].jobs]
     return {

@@ -154,3 +154,12 @@ def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["painting", "x"])
     assert info.value.code == 2
+
+
+def test_a_wrong_setting_is_one_line_naming_it(tiny_model_cache, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(tiny_model_cache))
+    monkeypatch.setenv("EXTRA_MODELS", "sdxl-turbo")
+    monkeypatch.chdir(tmp_path)
+    assert main(["image", "x", "--model", "tiny-image"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: EXTRA_MODELS: must be a JSON object, e.g.")
