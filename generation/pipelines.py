@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from generation import failures, families
+from generation import failures, families, tuning
 from generation.components import load_components
 from generation.errors import GenerationCancelled, ModelUnavailable
 from generation.load_errors import unavailable
@@ -66,6 +66,7 @@ class _Resident:
     signature: families.CallSignature
     #: fitted on this pipeline's VAE at load; None when previews are off or it has no encoder
     previewer: LatentPreviewer | None = None
+    tuning: tuning.Tuning | None = None
 
     def preview(self, latents: Any, request: GenerationRequest) -> Image.Image | None:
         if self.previewer is None or not isinstance(latents, torch.Tensor):
@@ -91,6 +92,7 @@ class PipelineManager:
         self._mode_override: dict[str, str] = {}
         self._lock = threading.RLock()
         _quiet_library_progress_bars()
+        self.tf32 = tuning.set_matmul_precision(settings, self.device)
 
     # -- device ----------------------------------------------------------------------------
 
@@ -133,6 +135,7 @@ class PipelineManager:
             "vram_total_gib": None,
             "vram_free_gib": None,
             "torch": torch.__version__,
+            "tuning": tuning.describe(self.settings, self.tf32, dict(self._resident)),
         }
         if self.device == "cuda":
             free, total = torch.cuda.mem_get_info()
@@ -174,9 +177,11 @@ class PipelineManager:
                 cls = _scheduler_class(spec) if spec.scheduler else type(pipe.scheduler)
                 pipe.scheduler = cls.from_config(pipe.scheduler.config, **spec.scheduler_options)
             pipe.set_progress_bar_config(disable=True)
+            tuned = tuning.prepare(pipe, spec, self.settings, self.device)  # before offload hooks
             mode = self._mode_override.get(model_id) or self._choose_mode(spec)
             self._apply_mode(pipe, spec, mode)
-            resident = _Resident(spec=spec, pipe=pipe, mode=mode, signature=families.CallSignature.of(pipe))
+            tuning.compile_and_warm(pipe, spec, tuned, self.settings, device=self.device, memory_mode=mode)
+            resident = _Resident(spec, pipe, mode, families.CallSignature.of(pipe), tuning=tuned)
             if self.settings.preview_every_steps:
                 resident.previewer = LatentPreviewer.fit(spec.pipeline, pipe)
             self._resident[model_id] = resident
@@ -284,6 +289,7 @@ class PipelineManager:
             resident = self._resident.get(model_id)
             if resident is not None:
                 self._apply_mode(resident.pipe, resident.spec, new)
+                tuning.after_memory_mode(resident.pipe, resident.tuning, new)
                 resident.mode = new
                 self._publish()
             log.warning("memory mode of %s lowered from %s to %s", model_id, current, new)

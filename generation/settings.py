@@ -30,6 +30,12 @@ JSON_EXAMPLES: dict[str, str] = {
     "priority_roles": 'PRIORITY_ROLES={"Patron": 10}',
 }
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+#: sdpa and eager run anywhere; the others are diffusers' dispatch backends for a CUDA GPU
+AttentionBackend = Literal[
+    "sdpa", "eager", "flash", "_flash_3", "sage", "xformers", "_native_cudnn", "_native_flash",
+    "_native_efficient",
+]
+CompileMode = Literal["off", "default", "max-autotune-no-cudagraphs"]
 
 
 def json_object(value: Any, *, field: str) -> Any:
@@ -96,6 +102,12 @@ class GenerationSettings(LogSettings):
     preview_every_steps: int = Field(default=5, ge=0)
     # images per /imagine when the member asks for no count (1-4: one grid of that many)
     default_image_count: int = Field(default=1, ge=1, le=4)
+    # the tuned path (generation/tuning.py); each choice is logged once per model load
+    attention_backend: AttentionBackend = "sdpa"
+    fuse_qkv: bool = True
+    channels_last: bool = True
+    allow_tf32: bool = True
+    compile: CompileMode = "off"
 
     @field_validator("extra_models", mode="before")
     @classmethod
