@@ -87,26 +87,31 @@ def create_web_app(
     api.add_routes(app)
     downloads.add_routes(app)
     status_page.add_routes(app)
+    _listen_to_queue(app, queue, listener if register_metrics_listener else None)
+    if not app[KEYS_KEY]:
+        log.info("no API_KEYS configured: the REST API answers 401 to everyone")
+    return app
+
+
+def _listen_to_queue(app: web.Application, queue: Any, metrics_listener: Any | None) -> None:
+    """The app's queue listeners (metrics, poster index, recent trouble) join the queue when the
+    app starts and leave it at cleanup, so an app that stopped leaves nothing listening."""
+    listeners = [item for item in (metrics_listener, app[POSTERS_KEY], app[TROUBLE_KEY]) if item is not None]
 
     async def on_startup(app: web.Application) -> None:
-        if register_metrics_listener and hasattr(queue, "add_listener"):
-            queue.add_listener(listener)
         if hasattr(queue, "add_listener"):
-            queue.add_listener(app[POSTERS_KEY])
-            queue.add_listener(app[TROUBLE_KEY])
+            for item in listeners:
+                queue.add_listener(item)
 
     async def on_cleanup(app: web.Application) -> None:
         remove = getattr(queue, "remove_listener", None)
         if remove is not None:
-            for item in (listener, app[POSTERS_KEY], app[TROUBLE_KEY]):
+            for item in listeners:
                 with contextlib.suppress(KeyError, ValueError):
                     remove(item)
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
-    if not app[KEYS_KEY]:
-        log.info("no API_KEYS configured: the REST API answers 401 to everyone")
-    return app
 
 
 # -- health ------------------------------------------------------------------------------------
