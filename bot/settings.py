@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from bot.core.inputs import InputLimits
 from generation.scaleout import ScaleoutSettings
 from generation.settings import json_object
 
@@ -96,6 +97,9 @@ class Settings(ScaleoutSettings):
     results_dir: str = "data/results"
     # /readyz reports "not ready" when the results folder's disk has less free space than this
     min_free_disk_mb: int = Field(default=500, ge=0)
+    # caps on an input picture (a /video or /imagine attachment, a REST base64 image)
+    input_image_max_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    input_image_max_pixels: int = Field(default=4096 * 4096, gt=0)
 
     # scale-out: QUEUE_URL and the worker knobs are in generation.scaleout.ScaleoutSettings,
     # which the workers (python -m generation.worker) read too
@@ -149,6 +153,10 @@ class Settings(ScaleoutSettings):
     def public_url_derived(self) -> bool:
         """PUBLIC_URL was not set and is derived from WEB_HOST/WEB_PORT."""
         return self._public_url_derived
+
+    @property
+    def input_limits(self) -> InputLimits:
+        return InputLimits(max_bytes=self.input_image_max_bytes, max_pixels=self.input_image_max_pixels)
 
     def with_bound_port(self, port: int) -> None:
         """Point a derived PUBLIC_URL at the port really bound (WEB_PORT=0 picks one)."""

@@ -651,3 +651,19 @@ async def test_two_claimers_never_claim_the_same_job(store_backend: Backend) -> 
     for job in await first.jobs_in_states([JobState.IN_PROGRESS]):
         assert job.attempts == 1
         assert job.lease_owner == ("A" if job.id in won_a else "B")
+
+
+async def test_delete_user_data_removes_kept_input_pictures_but_never_other_paths(
+    store: Store, tmp_path: Path
+) -> None:
+    kept = tmp_path / "results" / "inputs" / "picture.png"
+    elsewhere = tmp_path / "results" / "2026-11" / "someone-elses.png"
+    for f in (kept, elsewhere):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"data")
+    for image in (str(kept), str(elsewhere)):
+        await store.insert_job(make_job(user_id="gone", params={"image": image}))
+
+    assert await store.delete_user_data("gone") == 2
+    assert not kept.exists()
+    assert elsewhere.exists()  # an input path is only ever one we kept under inputs/

@@ -11,6 +11,7 @@ from typing import Any
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from bot.core.inputs import input_files
 from bot.core.jobs import JobState
 from bot.core.store.base import (
     AuditEntry,
@@ -139,7 +140,7 @@ class MongoModeration(MongoConnection):
     async def delete_user_data(self, user_id: str) -> int:
         query = {"user_id": user_id, "state": {"$ne": JobState.IN_PROGRESS.value}}
         async with self._guard():
-            docs = await self.jobs.find(query, {"_id": 1, "result_path": 1}).to_list(None)
+            docs = await self.jobs.find(query, {"_id": 1, "result_path": 1, "params.image": 1}).to_list(None)
             ids = [d["_id"] for d in docs]
             deleted = 0
             if ids:
@@ -152,6 +153,7 @@ class MongoModeration(MongoConnection):
                 {"_id": user_id}, {"$set": {"jobs_total": 0, "gpu_seconds_total": 0.0}}
             )
         paths = [d["result_path"] for d in docs if d.get("result_path")]
+        paths += input_files((d.get("params") or {}).get("image") for d in docs)
         if paths:
             await asyncio.to_thread(remove_files, paths)
         log.info("deleted %d stored requests and %d files of user %s", deleted, len(paths), user_id)

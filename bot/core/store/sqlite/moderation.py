@@ -9,6 +9,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from bot.core.inputs import input_files
 from bot.core.store.base import (
     AuditEntry,
     GuildSettings,
@@ -127,13 +128,13 @@ class SQLiteModeration(SQLiteConnection):
     async def delete_user_data(self, user_id: str) -> int:
         rows = await self._fetch(
             "DELETE FROM jobs WHERE user_id = ? AND state != 'in_progress' "
-            "RETURNING json_extract(data, '$.result_path')",
+            "RETURNING json_extract(data, '$.result_path'), json_extract(data, '$.params.image')",
             (user_id,),
         )
         await self._fetch(
             "UPDATE users SET jobs_total = 0, gpu_seconds_total = 0 WHERE user_id = ?", (user_id,)
         )
-        paths = [p for (p,) in rows if p]
+        paths = [p for (p, _) in rows if p] + input_files(image for (_, image) in rows)
         if paths:
             await asyncio.to_thread(remove_files, paths)
         log.info("deleted %d stored requests and %d files of user %s", len(rows), len(paths), user_id)
