@@ -17,6 +17,7 @@ from bot.core.queue.eta import Estimates
 from bot.core.queue.finish import Finisher, end_unleased, exhausted_error
 from bot.core.queue.state import InFlight, QueueState
 from bot.core.store.base import StoreUnavailable
+from generation import failures
 from generation.phases import JobPhase
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class Dispatcher:
         if in_flight.cancel:  # cancelled while we were claiming
             claimed.cancel_requested = True
             await self.finisher.finish(
-                claimed.id, Outcome(state=JobState.CANCELLED, error="Cancelled before it started.")
+                claimed.id, Outcome(state=JobState.CANCELLED, error=failures.CANCELLED_BEFORE_START)
             )
             return
         in_flight.phase = JobPhase.RUNNING
@@ -148,6 +149,6 @@ class Dispatcher:
         if fresh is None:
             log.warning("job %s vanished from the store before it could start", job.id)
         elif fresh.state is JobState.QUEUED and fresh.cancel_requested:
-            await end_unleased(self.state, job.id, JobState.CANCELLED, "Cancelled before it started.")
+            await end_unleased(self.state, job.id, JobState.CANCELLED, failures.CANCELLED_BEFORE_START)
         else:
             log.info("job %s was taken by %s", job.id, fresh.lease_owner)

@@ -26,6 +26,7 @@ from bot.core.queue.limits import Limits
 from bot.core.queue.redelivery import Redelivery
 from bot.core.queue.state import QueueState
 from bot.core.store.base import StoreUnavailable
+from generation import failures
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class Finisher:
             changes["result_bytes"] = outcome.result.size_bytes
             changes["nsfw_detected"] = outcome.result.nsfw_detected
         elif outcome.state is JobState.CANCELLED:
-            changes["error"] = outcome.error or "Cancelled."
+            changes["error"] = outcome.error or failures.CANCELLED
         elif outcome.state is JobState.FAILED:
             changes["error"] = outcome.error or f"Something went wrong with job {job.id}."
         return changes

@@ -19,6 +19,7 @@ from bot.core.queue.eta import Estimates
 from bot.core.queue.finish import Finisher, end_unleased, exhausted_error
 from bot.core.queue.state import QueueState
 from bot.core.store.base import StoreUnavailable
+from generation import failures
 from generation.phases import JobPhase
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class Recovery:
     async def recover(self, job: Job, *, why: str) -> None:
         state = self.state
         if job.cancel_requested:
-            done = await end_unleased(state, job.id, JobState.CANCELLED, "Cancelled.")
+            done = await end_unleased(state, job.id, JobState.CANCELLED, failures.CANCELLED)
         elif job.attempts >= job.max_tries:
             done = await end_unleased(state, job.id, JobState.FAILED, exhausted_error(job.attempts))
         else:
@@ -88,7 +89,7 @@ class Recovery:
         if job.id in state.order or job.id in state.in_flight:
             return
         if job.cancel_requested:
-            await end_unleased(state, job.id, JobState.CANCELLED, "Cancelled.")
+            await end_unleased(state, job.id, JobState.CANCELLED, failures.CANCELLED)
         elif job.attempts >= job.max_tries:
             await end_unleased(state, job.id, JobState.FAILED, exhausted_error(job.attempts))
         else:
