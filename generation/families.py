@@ -72,6 +72,10 @@ def call_kwargs(
     }
     if isinstance(request, ImageRequest) and request.count > 1:
         kwargs.update(batch_kwargs(request.samples()))
+    if isinstance(request, ImageRequest) and request.image is not None:
+        picture = load_input_image(request.image, request.width, request.height)
+        kwargs.update(image=[picture] * request.count if request.count > 1 else picture)
+        kwargs["strength"] = request.strength
     if isinstance(request, VideoRequest):
         kwargs.update(num_frames=request.frames, output_type="np")
         if family(pipeline) == "ltx":

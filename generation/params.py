@@ -40,7 +40,9 @@ FRAMES_RANGE = (
 #: fields a request carries that are not stored with it (see `notes`)
 _TRANSIENT = frozenset({"notes"})
 #: stored fields that older records lack, with the value they meant
-_OPTIONAL: dict[str, Any] = {"image": None, "count": 1}
+_OPTIONAL: dict[str, Any] = {"image": None, "count": 1, "strength": None}
+#: how much of a member's picture image-to-image repaints when the member does not say
+DEFAULT_STRENGTH = 0.6
 
 #: keys `validate_request` accepts besides the request fields (they are checked elsewhere)
 _IGNORED_KEYS = frozenset({"kind", "model"})
@@ -77,6 +79,10 @@ class ImageRequest:
     height: int
     #: images in one run (a grid when more than one); image i has seed `seed + i`
     count: int = 1
+    #: path of the picture to start from (image-to-image); None for text only
+    image: str | None = None
+    #: how much of `image` is repainted: 0 keeps it, 1 ignores it (None without an image)
+    strength: float | None = None
     #: what validation changed and why ("wan-1.3b makes 4k+1 frames: using 17"), for the member
     notes: tuple[str, ...] = field(default=(), compare=False)
 
@@ -91,6 +97,13 @@ class ImageRequest:
     def seeds(self) -> tuple[int, ...]:
         """Each image's seed: consecutive, so any one image can be made again alone."""
         return tuple((self.seed + i) % (MAX_SEED + 1) for i in range(self.count))
+
+    @property
+    def denoise_steps(self) -> int:
+        """Steps the pipeline really runs: image-to-image skips the first (1 - strength) of them."""
+        if self.image is None or self.strength is None:
+            return self.steps
+        return min(self.steps, int(self.steps * self.strength))
 
     def samples(self) -> tuple[Sample, ...]:
         """The batch one pipeline call runs: one (prompt, negative, seed) per image."""
@@ -156,6 +169,8 @@ def _fields_from_dict(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = None if value is None else str(value)
         elif name == "guidance":
             out[name] = float(value)
+        elif name == "strength":
+            out[name] = None if value is None else float(value)
         else:
             out[name] = int(value)
     return out
@@ -290,7 +305,7 @@ def _known_values(kind: str, raw: Mapping[str, Any], spec: ModelSpec) -> dict[st
     values = {_ALIASES.get(k, k): v for k, v in raw.items() if _ALIASES.get(k, k) not in _IGNORED_KEYS}
     allowed = {"prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height"}
     if kind == "image":
-        allowed.add("count")
+        allowed |= {"count", "image", "strength"}
     if kind == "video":
         allowed |= {"frames", "fps", "image"}
     unknown = sorted(set(values) - allowed)
@@ -314,6 +329,22 @@ def _image(value: Any, spec: ModelSpec) -> str | None:
     if not isinstance(value, str) and not hasattr(value, "__fspath__"):
         raise InvalidRequest(f"image must be a file path, not {type(value).__name__}.")
     return os.fspath(value)
+
+
+def _image_input(values: Mapping[str, Any], steps: int) -> tuple[str | None, float | None]:
+    """The picture to start from and the strength; enough steps must be left to repaint it."""
+    strength = _float(values.get("strength", DEFAULT_STRENGTH), name="strength", lo=0.0, hi=1.0)
+    value = values.get("image")
+    if value is None or value == "":
+        return None, None
+    if not isinstance(value, str) and not hasattr(value, "__fspath__"):
+        raise InvalidRequest(f"image must be a file path, not {type(value).__name__}.")
+    if int(steps * strength) < 1:
+        raise InvalidRequest(
+            f"strength {strength:g} with {steps} steps repaints nothing: raise strength or steps "
+            f"(strength x steps must be at least 1)."
+        )
+    return os.fspath(value), strength
 
 
 def validate_request(
@@ -355,7 +386,8 @@ def validate_request(
     if kind == "image":
         default_count = settings.default_image_count if settings is not None else 1
         count = _int(values.get("count", default_count), name="count", lo=1, hi=MAX_COUNT)
-        return ImageRequest(**common, count=count, notes=tuple(notes))
+        image, strength = _image_input(values, common["steps"])
+        return ImageRequest(**common, count=count, image=image, strength=strength, notes=tuple(notes))
     return VideoRequest(
         **common,
         frames=_frames(values.get("frames", spec.default_frames), spec, notes),

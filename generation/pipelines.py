@@ -37,6 +37,7 @@ from PIL import Image
 from generation import failures, families, tuning
 from generation.components import load_components
 from generation.errors import GenerationCancelled, ModelUnavailable
+from generation.img2img import pipe_for
 from generation.load_errors import unavailable
 from generation.media import frames_to_uint8
 from generation.models import TINY_REPO_PREFIX, ModelSpec, build_registry, get_spec
@@ -67,6 +68,8 @@ class _Resident:
     #: fitted on this pipeline's VAE at load; None when previews are off or it has no encoder
     previewer: LatentPreviewer | None = None
     tuning: tuning.Tuning | None = None
+    #: the image-to-image variant on the same weights (see `generation.img2img`), built on first use
+    img2img: tuple[Any, families.CallSignature] | None = None
 
     def preview(self, latents: Any, request: GenerationRequest) -> Image.Image | None:
         if self.previewer is None or not isinstance(latents, torch.Tensor):
@@ -334,17 +337,18 @@ class PipelineManager:
                 raise GenerationCancelled(failures.CANCELLED_BEFORE_START)
             resident, load_s = self._resident_for(request)
             steps = _Steps(self, resident, request, on_step, should_cancel)
-            kwargs = families.call_kwargs(resident.spec.pipeline, resident.signature, request, steps)
+            pipe, signature = pipe_for(resident, request)
+            kwargs = families.call_kwargs(resident.spec.pipeline, signature, request, steps)
             t0 = steps.last = time.perf_counter()
             try:
-                with keep_unfiltered(resident.pipe) as verdict:
-                    result = resident.pipe(**kwargs)
+                with keep_unfiltered(pipe) as verdict:
+                    result = pipe(**kwargs)
             except torch.cuda.OutOfMemoryError:
                 log.warning("out of GPU memory running %s in mode %s", request.model, resident.mode)
-                _reset_after_failure(resident.pipe, self.device)
+                _reset_after_failure(pipe, self.device)
                 raise
             except BaseException:
-                _reset_after_failure(resident.pipe, self.device)
+                _reset_after_failure(pipe, self.device)
                 raise
             t_end = time.perf_counter()
         timings = {
@@ -411,7 +415,7 @@ class _Steps:
         self.preview_s = 0.0
 
     def __call__(self, latents: Any) -> None:
-        total = self.request.steps
+        total = getattr(self.request, "denoise_steps", self.request.steps)
         self.count += 1
         n = min(self.count, total)
         if n == total and self.manager.device == "cuda":

@@ -69,3 +69,52 @@ def test_a_stored_request_without_count_means_one(tiny_registry):
 def test_video_requests_take_no_count(tiny_registry):
     with pytest.raises(InvalidRequest, match="count"):
         validate_request("video", {"prompt": "x", "count": 2, "frames": 8}, tiny_registry["tiny-video"])
+
+
+def test_image_to_image_starts_from_the_picture_on_the_same_weights(
+    pipeline_manager, tiny_registry, tmp_path
+):
+    start = Image.new("RGB", (64, 64), (200, 30, 30))
+    path = tmp_path / "start.png"
+    start.save(path)
+    seen: list[int] = []
+    request = image_request(tiny_registry, image=str(path), strength=0.5, steps=4, count=2)
+    assert request.denoise_steps == 2
+    output = pipeline_manager.run(request, on_step=lambda info: seen.append(info.total))
+    assert output.images is not None and len(output.images) == 2
+    assert output.images[0].size == (64, 64)
+    assert seen and set(seen) == {2}
+    resident = pipeline_manager._resident["tiny-image"]
+    variant, _ = resident.img2img
+    assert type(variant).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert variant.unet is resident.pipe.unet  # the same weights, no copy
+    # the picture matters: another picture under the same seed gives another image
+    other = tmp_path / "other.png"
+    Image.new("RGB", (64, 64), (20, 40, 220)).save(other)
+    red, blue = (
+        np.asarray(
+            pipeline_manager.run(image_request(tiny_registry, image=str(p), steps=4)).images[0], dtype=int
+        )
+        for p in (path, other)
+    )
+    assert np.abs(red - blue).mean() > 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ({"strength": 2}, "strength"),
+        ({"strength": 0.1, "steps": 4}, "repaints nothing"),
+        ({"image": 3}, "image"),
+    ],
+)
+def test_bad_image_inputs_are_refused(tiny_registry, tmp_path, raw, words):
+    with pytest.raises(InvalidRequest, match=words):
+        image_request(tiny_registry, **{"image": str(tmp_path / "x.png"), **raw})
+
+
+def test_a_file_that_is_no_picture_fails_politely(pipeline_manager, tiny_registry, tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not a picture")
+    with pytest.raises(InvalidRequest, match="could not be read as a picture"):
+        pipeline_manager.run(image_request(tiny_registry, image=str(path)))
