@@ -95,6 +95,8 @@ class Settings(ScaleoutSettings):
     link_secret: SecretStr | None = None  # signs download links; random per start if unset
     link_expiry_s: int = Field(default=7 * 24 * 3600, gt=0)
     results_dir: str = "data/results"
+    # how much of the image a V button repaints (image-to-image strength, 0-1)
+    variation_strength: float = Field(default=0.45, gt=0.0, le=1.0)
     # /readyz reports "not ready" when the results folder's disk has less free space than this
     min_free_disk_mb: int = Field(default=500, ge=0)
     # caps on an input picture (a /video or /imagine attachment, a REST base64 image)

@@ -132,6 +132,9 @@ class JobPayload:
     video_preset: str = "medium"
     #: a flagged picture travels as generated (the member's server shows it behind a spoiler)
     unfiltered: bool = False
+    #: the picture an image-to-image request starts from (the bot's path means nothing to a worker)
+    image_data: bytes | None = None
+    image_suffix: str = ".png"
     version: int = WIRE_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,9 +11,11 @@ shared storage. Progress, heartbeats and events go to the small keys described i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -24,11 +26,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from generation import failures
-from generation.files import save_encoded
+from generation.files import save_encoded, write_atomic
 from generation.media import EncodedMedia, EncodeOptions, preview_png
 from generation.models import build_registry
 from generation.outputs import StepInfo
-from generation.params import request_from_dict
+from generation.params import GenerationRequest, request_from_dict
 from generation.phases import JobPhase
 from generation.pipelines import PipelineManager
 from generation.runner import RunItem, Runner, RunResult
@@ -195,6 +197,8 @@ class WorkerRuntime:
         try:
             payload = JobPayload.from_dict(raw)
             request = request_from_dict(payload.request)
+            if payload.image_data is not None:
+                request = await asyncio.to_thread(self.place_input, payload, request)
         except (TypeError, ValueError, KeyError) as exc:
             self.release(arq_id)
             log.error("job %s: payload cannot be read: %s", arq_id, exc)
@@ -276,6 +280,12 @@ class WorkerRuntime:
             error = failures.NOT_SAVED.format(job_id=payload.job_id)
             return {**report.to_dict(), "status": "failed", "error": error}
         return {**report.to_dict(), "media": found.to_dict()}
+
+    def place_input(self, payload: JobPayload, request: GenerationRequest) -> GenerationRequest:
+        """Blocking: the payload's input picture on this machine's disk, and the request pointing at it."""
+        path = Path(tempfile.gettempdir()) / "imaginebot-inputs" / f"{payload.job_id}{payload.image_suffix}"
+        write_atomic(path, payload.image_data or b"")
+        return dataclasses.replace(request, image=str(path))
 
     def place(self, payload: JobPayload, encoded: EncodedMedia) -> MediaReport:
         """Blocking: the file travels inline in arq's result, or as a path on shared storage."""

@@ -28,6 +28,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
+from typing import Any
 
 from arq.connections import create_pool
 
@@ -138,6 +140,7 @@ class ArqExecutor(WorkerWatch, ResultTransfer):
             timeout_s=self.settings.job_timeout_s,
             video_crf=RESULT_CRF,
             unfiltered=job.nsfw_action == NSFW_SPOILER,
+            **await _input_picture(request),
         )
         h = HandedJob(job=job, arq_id=arq_job_id(job), payload=payload.to_dict())
         if job.id in self._handed:
@@ -182,3 +185,19 @@ class ArqExecutor(WorkerWatch, ResultTransfer):
                 await redis.aclose(close_connection_pool=True)
             raise
         await self._sweep()
+
+
+async def _input_picture(request: Any) -> dict[str, Any]:
+    """The request's input picture as bytes for the payload (a worker cannot read the bot's disk).
+
+    A picture gone from disk travels as nothing: the worker then fails the job politely.
+    """
+    image = getattr(request, "image", None)
+    if image is None:
+        return {}
+    try:
+        data = await asyncio.to_thread(Path(image).read_bytes)
+    except OSError:
+        log.warning("input picture %s is gone", image)
+        return {}
+    return {"image_data": data, "image_suffix": Path(image).suffix or ".png"}

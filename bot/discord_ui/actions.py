@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.core.inputs import keep_result_as_input
 from bot.core.jobs import Job, Source
 from bot.core.moderation import RequestContext
 from bot.core.queue import NotAllowed
@@ -148,7 +150,24 @@ class Actions:
 
     async def vary(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> Job:
         """`Vn`: image-to-image from image n with a new seed, the same prompt and count."""
-        raise InvalidRequest("Variations are not available on this bot yet.")
+        parent = await self.bot.store.get_job(job_id)
+        if parent is None or not parent.result_path or n > parent.units:
+            raise InvalidRequest("The original result is gone, so it cannot be varied.")
+        result = Path(parent.result_path)
+        source = part_path(result, parent.id, n) if parent.units > 1 else result
+        strength = self.bot.settings.variation_strength
+        raw = {k: v for k, v in parent.params.items() if k not in ("seed", "kind", "image", "strength")}
+        # enough steps that the variation repaints something (image-to-image runs steps x strength)
+        raw["steps"] = max(int(raw.get("steps") or 1), math.ceil(1 / strength))
+        raw.update(seed=random_seed(), strength=strength, image=str(source))
+        job = self.build_job(interaction, kind="image", raw=raw)  # checks everything before a copy
+        settings = self.bot.settings
+        job.params["image"] = await asyncio.to_thread(
+            keep_result_as_input, settings.results_dir, source, settings.input_limits
+        )
+        job.parent_id = parent.id
+        job.notes.append(f"A variation of image {n} of `{short_id(parent.id)}`.")
+        return await self.submit(interaction, job)
 
     def may_delete(self, job: Job, interaction: discord.Interaction[Any]) -> bool:
         """The one rule for deleting a result: its requester, or an admin."""

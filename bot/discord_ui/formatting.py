@@ -113,7 +113,8 @@ def parameter_fields(job: Job, *, image: int | None = None) -> list[tuple[str, s
     if image is not None:
         fields.append(("Image", f"{image} of {len(seeds)} from `{short_id(job.id)}`"))
     elif job.parent_id:
-        fields.append(("Reroll of", f"`{short_id(job.parent_id)}`"))
+        label = "Variation of" if p.get("image") else "Reroll of"
+        fields.append((label, f"`{short_id(job.parent_id)}`"))
     return fields
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from generation.media import GRID_PADDING
 from tests.bot.conftest import BotProcess
-from tests.bot.test_e2e import TINY, ask, job_id_of, private_reply, queue_job, result_message
+from tests.bot.test_e2e import QUEUED, TINY, ask, job_id_of, private_reply, queue_job, result_message
 from tests.fake_discord import FakeMessage
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,10 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 def jobs_stored(bot: BotProcess) -> int:
     with sqlite3.connect(bot.workdir / "bot.db") as db:
         return int(db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+
+
+def inputs_kept(bot: BotProcess) -> list[str]:
+    return [p.name for p in (bot.workdir / "results" / "inputs").glob("*.png")]
 
 
 def labels(message: FakeMessage) -> list[str]:
@@ -75,3 +79,26 @@ async def test_a_count_over_four_is_refused_privately_and_queues_nothing(running
     with pytest.raises(Exception, match="count"):  # Discord itself enforces the declared range
         await ask(bot, "imagine", {"prompt": "nine cats", **TINY, "count": 9}, user="carol")
     assert jobs_stored(bot) == jobs_before
+
+
+async def test_v1_queues_a_variation_of_image_one_with_a_new_seed_and_the_same_count(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    options = {"prompt": "two owls", **TINY, "seed": 70, "count": 2}
+    short = await queue_job(bot, "imagine", options, user="carol")
+    original = await result_message(bot, short)
+    inputs_before = len(inputs_kept(bot))
+    click = await bot.discord.click(original, f"job:v1:{job_id_of(original)}", user=bot.members["dave"])
+    reply = await private_reply(click)
+    assert "variation of image 1" in reply.content.lower()
+    variation = await result_message(bot, QUEUED.search(reply.content).group(1))
+    fields = {f["name"]: f["value"] for f in variation.embed["fields"]}
+    assert fields["Variation of"] == f"`{short}`"
+    assert fields["Seeds"] != "70, 71"
+    assert labels(variation)[:4] == ["U1", "U2", "V1", "V2"]
+    grid = Image.open(io.BytesIO(variation.attachment.data))
+    assert grid.size == (2 * 64 + GRID_PADDING, 64)
+    assert variation.pings().users == {bot.members["dave"].user.id}
+    # the picture it started from is kept under the results folder, for a restart or a worker
+    assert len(inputs_kept(bot)) == inputs_before + 1

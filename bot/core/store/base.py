@@ -28,6 +28,7 @@ from typing import Any, Literal, Self
 
 from bot.core.jobs import Job, JobState
 from generation.errors import UserError
+from generation.files import part_paths
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,8 @@ def remove_files(paths: Iterable[str]) -> None:
     """Delete result files, ignoring ones already gone (blocking: call through asyncio.to_thread)."""
     for p in paths:
         try:
+            for part in part_paths(Path(p), Path(p).stem):  # a grid's images alone
+                part.unlink(missing_ok=True)
             Path(p).unlink(missing_ok=True)
         except OSError:
             log.warning("could not delete result file %s", p, exc_info=True)
