@@ -52,8 +52,8 @@ class Services:
         problems = [without_paths(reason) for reason in await run_checks(checks)]
         workers = self.queue.workers()
         executor = self.queue.executor
-        worker = getattr(executor, "worker", None)
-        manager = getattr(worker, "manager", None)
+        runner = getattr(executor, "runner", None)  # the in-process executor's; arq workers report by beat
+        manager = getattr(getattr(runner, "gpu", None), "manager", None)
         return {
             "problems": problems,
             "store_ok": not any(p.startswith("store") for p in problems),

@@ -402,6 +402,7 @@ class WorkerRuntime:
             "jobs_done": self.jobs_done,
             "restarts": gpu.restarts if gpu is not None else 0,
             "models": ",".join(manager.loaded_models()) if manager is not None else "",
+            "tuning": manager.device_info()["tuning"]["summary"] if manager is not None else "",
             "started_at": f"{self.started_at:.3f}",
             "beat_at": f"{time.time():.3f}",
         }

@@ -273,4 +273,5 @@ def _worker_info(beat: dict[str, Any]) -> WorkerInfo:
         last_heartbeat=last,
         alive=True,
         restarts=as_int(beat.get("restarts")),
+        tuning=str(beat.get("tuning") or ""),
     )

@@ -74,6 +74,8 @@ class WorkerInfo:
     last_heartbeat: datetime | None
     alive: bool
     restarts: int = 0
+    #: the tuned path per resident model ("sd15: sdpa · fused QKV · channels_last"), for /info
+    tuning: str = ""
 
 
 @runtime_checkable

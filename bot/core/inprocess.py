@@ -224,6 +224,7 @@ class InProcessExecutor:
                 last_heartbeat=datetime.fromtimestamp(time.time() - beat, tz=utcnow().tzinfo),
                 alive=gpu.alive,
                 restarts=gpu.restarts,
+                tuning=manager.device_info()["tuning"]["summary"] if manager is not None else "",
             )
         ]
 

@@ -162,6 +162,7 @@ async def test_info_and_metrics_show_each_worker_with_its_host_device_and_work(
         assert info.host == socket.gethostname() and info.device == "cpu" and info.alive
         assert info.last_heartbeat is not None and now - info.last_heartbeat.timestamp() < HEALTH_CHECK_S
         assert not info.busy and info.job_id is None
+        assert "tiny-image: sdpa · fused QKV · channels_last" in info.tuning  # from the worker's beat
     assert bot.executor.models_loaded() == ""
     text = metrics.render().decode()
     for worker in cluster.workers.values():

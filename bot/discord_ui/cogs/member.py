@@ -103,6 +103,7 @@ class Member(commands.Cog):
         lines = [
             f"`{w.id}` {w.device} · {'busy' if w.busy else 'idle'} · {w.jobs_done} done"
             + (f" · beat {discord.utils.format_dt(w.last_heartbeat, style='R')}" if w.last_heartbeat else "")
+            + (f"\n  speed-ups: {w.tuning}" if w.tuning else "")
             for w in health.get("workers") or []
         ]
         if lines:
