@@ -73,7 +73,7 @@ class WorkItem:
 
 @dataclass
 class _Thread:
-    """One worker thread's identity; `abandoned` once the watchdog gave up on it."""
+    """One GPU thread's identity; `abandoned` once the watchdog gave up on it."""
 
     number: int
     inbox: queue.SimpleQueue[WorkItem | None]
@@ -101,7 +101,7 @@ class _Run:
 class GPUThread:
     """One GPU, one job at a time, on a dedicated thread, with a watchdog thread beside it.
 
-    `manager_factory` is called on the worker thread (weights load on the thread that owns the
+    `manager_factory` is called on the GPU thread (weights load on the thread that owns the
     device) when it starts, and again after a hang; `manager` may be given instead for the
     first thread (a test's shared manager, or one the caller already warmed up).
     """
@@ -163,7 +163,7 @@ class GPUThread:
         self._watchdog.start()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block until the worker thread has its pipeline manager (and preloaded models)."""
+        """Block until the GPU thread has its pipeline manager (and preloaded models)."""
         return self._ready.wait(timeout)
 
     def close(self, timeout: float | None = 10.0) -> bool:
@@ -243,7 +243,7 @@ class GPUThread:
                 return True
         return False
 
-    # -- the worker thread -----------------------------------------------------------------
+    # -- the GPU thread -----------------------------------------------------------------
 
     def _spawn(self, manager: PipelineManager | None) -> None:
         me = _Thread(number=next(self._numbers), inbox=queue.SimpleQueue())
@@ -449,7 +449,7 @@ class GPUThread:
             self.restarts += 1
         what = "a generation step" if run.phase == JobPhase.RUNNING else "loading the model"
         log.error(
-            "job %s: %s did not return within %.0fs%s; abandoning worker thread %d and starting a fresh one",
+            "job %s: %s did not return within %.0fs%s; abandoning GPU thread %d and starting a fresh one",
             run.item.job_id,
             what,
             now - run.last_activity,
