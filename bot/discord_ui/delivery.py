@@ -6,6 +6,10 @@ message with the bot token, so a job that waited 40 minutes is delivered even th
 interaction token died after 15. A file over the channel's upload limit is re-encoded to
 fit (off the event loop); if it still cannot fit, the message carries a signed link to
 our web server and a poster image.
+
+While a job runs, its status message shows the latest latent preview (for a video, the middle
+frame), attached on the same throttled edits as the progress text: members see the picture
+take shape and can cancel a bad one early. The result, posted as its own message, replaces it.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class DiscordDelivery:
         self._status: dict[str, int] = {}
         self._started: dict[str, float] = {}
         self._last_edit: dict[str, float] = {}
+        #: the newest preview not shown yet (one that arrived between two allowed edits)
+        self._preview: dict[str, bytes] = {}
         self._ran_here: set[str] = set()
 
     # -- status message ---------------------------------------------------------------------------
@@ -97,16 +103,21 @@ class DiscordDelivery:
             return None
         return self.bot.get_partial_messageable(int(job.channel_id)).get_partial_message(message_id)
 
-    async def _edit_status(self, job: Job, content: str, *, keep_view: bool = True) -> None:
+    async def _edit_status(
+        self, job: Job, content: str, *, keep_view: bool = True, preview: bytes | None = None
+    ) -> None:
+        """Edit the text; `preview` replaces the picture, and a final edit (no view) drops it."""
         message = self._status_message(job)
         if message is None:
             return
         self._last_edit[job.id] = time.monotonic()
+        extra: dict[str, Any] = {}
+        if not keep_view:
+            extra = {"view": None, "attachments": []}
+        elif preview is not None:
+            extra = {"attachments": [discord.File(io.BytesIO(preview), filename=f"preview-{job.id[:8]}.png")]}
         try:
-            if keep_view:
-                await message.edit(content=content, allowed_mentions=NONE)
-            else:
-                await message.edit(content=content, view=None, allowed_mentions=NONE)
+            await message.edit(content=content, allowed_mentions=NONE, **extra)
         except discord.NotFound:
             self._status.pop(job.id, None)  # deleted by a moderator: stop editing it
         except discord.HTTPException:
@@ -129,19 +140,23 @@ class DiscordDelivery:
     async def on_progress(self, job: Job, step: int, total: int, preview_png: bytes | None) -> None:
         if not self._ours(job):
             return
+        if preview_png is not None:
+            self._preview[job.id] = preview_png
         now = time.monotonic()
         # the queue spaces progress events, but the "started" edit counts against the same
         # message's budget: never edit one message more often than the interval
         if now - self._last_edit.get(job.id, 0.0) < self.bot.settings.progress_edit_interval_s:
             return
         elapsed = now - self._started.get(job.id, now)
-        await self._edit_status(job, progress_status(job, step=step, total=total, elapsed_s=elapsed))
+        content = progress_status(job, step=step, total=total, elapsed_s=elapsed)
+        await self._edit_status(job, content, preview=self._preview.pop(job.id, None))
 
     async def on_finished(self, job: Job, result: JobResult | None) -> None:
         if not self._ours(job):
             return
         self._started.pop(job.id, None)
         self._last_edit.pop(job.id, None)
+        self._preview.pop(job.id, None)
         ran_here = job.id in self._ran_here
         self._ran_here.discard(job.id)
         if job.state is JobState.COMPLETE and result is not None:

@@ -167,7 +167,7 @@ async def test_video_on_wan_snaps_the_frame_count_tells_the_member_and_delivers_
         assert b'"codec_name": "h264"' in probe.stdout and b'"nb_frames": "9"' in probe.stdout
 
 
-async def test_progress_is_edited_no_more_than_every_two_seconds_and_heartbeats_stay_on_time(
+async def test_progress_and_preview_edited_no_more_than_every_two_seconds_and_heartbeats_on_time(
     running_bot: BotProcess,
 ) -> None:
     bot = running_bot
@@ -180,6 +180,13 @@ async def test_progress_is_edited_no_more_than_every_two_seconds_and_heartbeats_
     gaps = [b.at - a.at for a, b in itertools.pairwise(progress)]
     assert min(gaps) >= 1.8, gaps  # the queue throttles edits to PROGRESS_EDIT_INTERVAL_S
     assert re.search(r"step \d+/40", progress[-1].content)
+    # the latent preview (the clip's middle frame) rides on those same throttled edits
+    pictures = [v.attachments[0] for v in progress if v.attachments]
+    assert pictures, [v.content for v in status.versions]
+    assert all(p.filename.startswith("preview-") for p in pictures)
+    assert Image.open(io.BytesIO(pictures[-1].data)).format == "PNG"
+    # the result replaces it
+    await bot.discord.wait_until(lambda: status.deleted, what="the status message deleted")
     # generation ran in the worker thread: the gateway heard every heartbeat on time (1 s interval)
     assert bot.discord.max_heartbeat_gap(since=since) < 1.8
 
