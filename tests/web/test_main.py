@@ -97,3 +97,21 @@ async def test_rest_only_server_runs_a_job_and_stops_on_sigterm(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_demo_settings_ignore_dotenv_and_write_a_fresh_key(tmp_path, monkeypatch) -> None:
+    from bot.web.__main__ import DEMO_KEY_FILE, demo_settings
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("STORE_URL", "API_KEYS", "IMAGE_MODEL", "QUEUE_URL", "WEB_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".env").write_text("IMAGE_MODEL=sd15\nSTORE_URL=mongodb://db/x\nQUEUE_URL=redis://r:6379\n")
+    monkeypatch.setenv("WEB_PORT", "8123")  # the environment still applies
+    first, second = demo_settings(), demo_settings()
+    assert (first.image_model, first.video_model, first.device) == ("tiny-image", "tiny-video", "cpu")
+    assert first.store_url == "sqlite:///data/demo/bot.db" and first.queue_url is None
+    assert first.web_port == 8123 and first.public_url == "http://127.0.0.1:8123"
+    key = second.api_keys["demo"].get_secret_value()
+    assert key != first.api_keys["demo"].get_secret_value() and len(key) >= 24
+    assert (tmp_path / DEMO_KEY_FILE).read_text().strip() == key
+    assert oct((tmp_path / DEMO_KEY_FILE).stat().st_mode & 0o777) == "0o600"
