@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import sqlite3
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -13,6 +15,7 @@ from generation.media import GRID_PADDING
 from tests.bot.conftest import BotProcess
 from tests.bot.test_e2e import QUEUED, TINY, ask, job_id_of, private_reply, queue_job, result_message
 from tests.fake_discord import FakeMessage
+from tests.fake_discord.messages import FakeAttachment
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,12 @@ def jobs_stored(bot: BotProcess) -> int:
 
 def inputs_kept(bot: BotProcess) -> list[str]:
     return [p.name for p in (bot.workdir / "results" / "inputs").glob("*.png")]
+
+
+def png(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, 90).save(out, format="PNG")
+    return out.getvalue()
 
 
 def labels(message: FakeMessage) -> list[str]:
@@ -102,3 +111,50 @@ async def test_v1_queues_a_variation_of_image_one_with_a_new_seed_and_the_same_c
     assert variation.pings().users == {bot.members["dave"].user.id}
     # the picture it started from is kept under the results folder, for a restart or a worker
     assert len(inputs_kept(bot)) == inputs_before + 1
+
+
+async def test_imagine_from_an_uploaded_picture_keeps_it_under_the_results_folder(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    inputs_before = len(inputs_kept(bot))
+    upload = FakeAttachment(filename="start.png", data=png((80, 60)))
+    options = {"prompt": "the same scene at night", **TINY, "steps": 4, "image": upload, "strength": 0.5}
+    short = await queue_job(bot, "imagine", options, user="erin")
+    message = await result_message(bot, short)
+    picture = Image.open(io.BytesIO(message.attachment.data))
+    assert picture.size == (64, 64)
+    kept = inputs_kept(bot)
+    assert len(kept) == inputs_before + 1
+    with sqlite3.connect(bot.workdir / "bot.db") as db:
+        (data,) = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id_of(message),)).fetchone()
+    params = json.loads(data)["params"]
+    assert params["strength"] == 0.5
+    assert Path(params["image"]).name in kept  # listed from the disk
+
+
+@pytest.mark.parametrize(
+    ("upload", "words"),
+    [
+        (FakeAttachment(filename="notes.png", data=b"just some text, not a picture\n"), "not a readable"),
+        (FakeAttachment(filename="huge.png", data=png((8000, 6400), mode="L")), "pixels"),
+    ],
+    ids=["text-file", "50-megapixels"],
+)
+async def test_a_bad_picture_is_refused_privately_and_queues_nothing(
+    running_bot: BotProcess, upload: FakeAttachment, words: str
+) -> None:
+    bot = running_bot
+    jobs_before, inputs_before = jobs_stored(bot), len(inputs_kept(bot))
+    interaction = await ask(bot, "imagine", {"prompt": "from this", **TINY, "image": upload}, user="frank")
+    reply = await private_reply(interaction)
+    assert words in reply.content and "Traceback" not in reply.content
+    assert jobs_stored(bot) == jobs_before and len(inputs_kept(bot)) == inputs_before
+
+
+async def test_a_strength_over_one_is_refused_before_the_bot_sees_it(running_bot: BotProcess) -> None:
+    bot = running_bot
+    jobs_before = jobs_stored(bot)
+    with pytest.raises(Exception, match="strength"):
+        await ask(bot, "imagine", {"prompt": "x", **TINY, "strength": 2}, user="carol")
+    assert jobs_stored(bot) == jobs_before

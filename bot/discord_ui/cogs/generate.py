@@ -7,13 +7,16 @@ Each command defers first, so the 3-second deadline holds however busy the queue
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord_ui.attachments import keep_attachment
 from generation.params import ASPECTS, FRAMES_RANGE, aspect_size
 
 if TYPE_CHECKING:
@@ -40,12 +43,25 @@ class Generate(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         return await self._model_autocomplete("video", current)
 
-    async def _queue(self, interaction: discord.Interaction[Any], *, kind: str, raw: dict[str, Any]) -> None:
+    async def _queue(
+        self,
+        interaction: discord.Interaction[Any],
+        *,
+        kind: str,
+        raw: dict[str, Any],
+        image: discord.Attachment | None = None,
+    ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        job = self.bot.actions.build_job(
-            interaction, kind=kind, raw={k: v for k, v in raw.items() if v is not None}
-        )
-        await self.bot.actions.submit(interaction, job)
+        raw = {k: v for k, v in raw.items() if v is not None}
+        if image is not None:  # downloaded and checked after the defer: it may take a moment
+            raw["image"] = await keep_attachment(image, self.bot.settings)
+        try:
+            job = self.bot.actions.build_job(interaction, kind=kind, raw=raw)
+            await self.bot.actions.submit(interaction, job)
+        except Exception:
+            if image is not None:  # a refused request keeps nothing of the member's
+                await asyncio.to_thread(Path(raw["image"]).unlink, missing_ok=True)
+            raise
 
     @app_commands.command(name="imagine")
     @app_commands.guild_only()
@@ -60,6 +76,8 @@ class Generate(commands.Cog):
         height="Height in pixels (multiple of 8)",
         model="Image model",
         count="How many images (1-4), posted as one grid with U/V buttons",
+        image="A picture to start from (PNG, JPEG or WebP): image-to-image",
+        strength="How much of the picture to repaint: 0 keeps it, 1 ignores it (default 0.6)",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     @app_commands.autocomplete(model=image_models)
@@ -76,6 +94,8 @@ class Generate(commands.Cog):
         height: app_commands.Range[int, 64, 2048] | None = None,
         model: str | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.0, 1.0] | None = None,
     ) -> None:
         """Create an image from a text prompt."""
         if aspect is not None and width is None and height is None:
@@ -92,8 +112,9 @@ class Generate(commands.Cog):
             "height": height,
             "model": model,
             "count": count,
+            "strength": strength,
         }
-        await self._queue(interaction, kind="image", raw=raw)
+        await self._queue(interaction, kind="image", raw=raw, image=image)
 
     @app_commands.command(name="video")
     @app_commands.guild_only()
