@@ -135,6 +135,20 @@ class Actions:
         job.parent_id = parent.id
         return await self.submit(interaction, job)
 
+    async def edit(
+        self, job_id: str, *, prompt: str, negative_prompt: str, interaction: discord.Interaction[Any]
+    ) -> Job:
+        """The `Edit` form: the same request and seed with the member's new wording."""
+        parent = await self.bot.store.get_job(job_id)
+        if parent is None:
+            raise InvalidRequest("The original request is gone, so it cannot be edited.")
+        raw = {k: v for k, v in parent.params.items() if k not in ("kind", "prompt", "negative_prompt")}
+        raw.update(prompt=prompt, negative_prompt=negative_prompt or None)
+        job = self.build_job(interaction, kind=parent.kind, raw=raw)
+        job.parent_id = parent.id
+        job.notes.append(f"An edit of `{short_id(parent.id)}` with the same seed.")
+        return await self.submit(interaction, job)
+
     async def post_image(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> None:
         """`Un`: image n of a grid alone, from the file kept beside the grid: no GPU work."""
         job = await self.bot.store.get_job(job_id)

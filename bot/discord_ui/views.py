@@ -1,4 +1,4 @@
-"""Buttons on status and result messages: Cancel, Reroll, Delete, and U1..U4 / V1..V4 on a grid.
+"""Buttons on status and result messages: Cancel, Reroll, Edit, Delete, and U1..U4 / V1..V4 on a grid.
 
 They are `DynamicItem`s: the job id lives in the fixed-shape `custom_id`
 (`job:<action>:<job id>`), so a button clicked after a restart is still routed here and
@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
+from bot.discord_ui.edit_form import EditForm
 from bot.discord_ui.error_replies import reply_for
 from bot.discord_ui.formatting import short_id
+from generation.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from bot.discord_ui.client import ImagineBot
@@ -97,6 +99,21 @@ class RerollButton(_JobButton, template=r"job:reroll:" + JOB_ID):
         bot = _bot(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         await bot.actions.reroll(self.job_id, interaction=interaction)
+
+
+class EditButton(_JobButton, template=r"job:edit:" + JOB_ID):
+    """Opens the prefilled form (bot.discord_ui.edit_form); a modal is the answer, so no deferral."""
+
+    action = "edit"
+    label = "Edit"
+    emoji = "✏️"
+    style = discord.ButtonStyle.secondary
+
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        job = await _bot(interaction).store.get_job(self.job_id)
+        if job is None:
+            raise InvalidRequest("The original request is gone, so it cannot be edited.")
+        await interaction.response.send_modal(EditForm(job))
 
 
 class DeleteButton(_JobButton, template=r"job:delete:" + JOB_ID):
@@ -184,6 +201,7 @@ def result_view(job_id: str, *, count: int = 1) -> discord.ui.View:
             view.add_item(VaryButton(job_id, n, row=1))
     row = 2 if count > 1 else None
     view.add_item(RerollButton(job_id).with_row(row))
+    view.add_item(EditButton(job_id).with_row(row))
     view.add_item(DeleteButton(job_id).with_row(row))
     return view
 
@@ -191,6 +209,7 @@ def result_view(job_id: str, *, count: int = 1) -> discord.ui.View:
 DYNAMIC_ITEMS: tuple[type[_JobButton], ...] = (
     CancelButton,
     RerollButton,
+    EditButton,
     DeleteButton,
     PickButton,
     VaryButton,

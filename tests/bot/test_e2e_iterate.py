@@ -53,7 +53,7 @@ async def test_count_four_posts_one_grid_and_u2_posts_image_two_alone_without_a_
 
     grid = Image.open(io.BytesIO(grid_message.attachment.data))
     assert grid.size == (2 * 64 + GRID_PADDING, 2 * 64 + GRID_PADDING)
-    assert labels(grid_message) == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", "Reroll", "Delete"]
+    assert labels(grid_message) == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", "Reroll", "Edit", "Delete"]
     assert len(grid_message.components) == 3  # U row, V row, Reroll and Delete
     fields = {f["name"]: f["value"] for f in grid_message.embed["fields"]}
     assert fields["Seeds"] == "500, 501, 502, 503"
@@ -74,7 +74,7 @@ async def test_count_four_posts_one_grid_and_u2_posts_image_two_alone_without_a_
     assert picture.size == (64, 64)
     assert picture.text["seed"] == "501"
     assert {f["name"]: f["value"] for f in alone.embed["fields"]}["Seed"] == "501"
-    assert labels(alone) == ["Reroll", "Delete"]
+    assert labels(alone) == ["Reroll", "Edit", "Delete"]
     assert alone.pings().users == {bot.members["bob"].user.id}
     # the same pixels as tile 2 of the grid (top right): no new generation
     tile = grid.convert("RGB").crop((64 + GRID_PADDING, 0, 2 * 64 + GRID_PADDING, 64))
