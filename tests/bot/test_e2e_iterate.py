@@ -53,8 +53,14 @@ async def test_count_four_posts_one_grid_and_u2_posts_image_two_alone_without_a_
 
     grid = Image.open(io.BytesIO(grid_message.attachment.data))
     assert grid.size == (2 * 64 + GRID_PADDING, 2 * 64 + GRID_PADDING)
-    assert labels(grid_message) == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", "Reroll", "Edit", "Delete"]
-    assert len(grid_message.components) == 3  # U row, V row, Reroll and Delete
+    assert labels(grid_message) == [
+        *(f"U{n}" for n in range(1, 5)),
+        *(f"V{n}" for n in range(1, 5)),
+        "Reroll",
+        "Edit",
+        "Delete",
+    ]
+    assert len(grid_message.components) == 3  # U row, V row, Reroll, Edit and Delete
     fields = {f["name"]: f["value"] for f in grid_message.embed["fields"]}
     assert fields["Seeds"] == "500, 501, 502, 503"
     kept = sorted(p.name for p in (bot.workdir / "results").rglob(f"{job_id}.*.png"))
