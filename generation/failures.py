@@ -27,6 +27,10 @@ UNAVAILABLE = (
 )
 WRONG_KIND = "Model {model!r} makes {makes}s, not {asked}s."
 TIMED_OUT = "The job ran past the {limit_s:g} s time limit and was stopped."
+TIMED_OUT_AFTER_OOM = (
+    "The GPU ran out of memory, and the job ran past the {limit_s:g} s time limit while retrying "
+    "in leaner memory modes. Try a smaller size, fewer frames or fewer steps."
+)
 HUNG_PAST_LIMIT = (
     "The job ran past the {limit_s:g} s time limit and the GPU stopped responding; "
     "the job was stopped and the worker restarted."

@@ -26,7 +26,6 @@ What it guarantees, as arq's worker does for its jobs:
 
 from __future__ import annotations
 
-import gc
 import itertools
 import logging
 import queue
@@ -342,7 +341,9 @@ class GPUThread:
             outcome.gpu_seconds += _since(run.gen_started) if outcome.status != "complete" else 0.0
             if run.cancel_reason == "timeout":
                 outcome.status = "timeout"
-                outcome.error = failures.TIMED_OUT.format(limit_s=run.timeout_s)
+                # out of memory, then out of time in a leaner mode: memory is what the member can fix
+                text = failures.TIMED_OUT_AFTER_OOM if outcome.oom_retries else failures.TIMED_OUT
+                outcome.error = text.format(limit_s=run.timeout_s)
             else:
                 outcome.status = "cancelled"
                 outcome.error = exc.message
@@ -391,8 +392,8 @@ class GPUThread:
             try:
                 output = manager.run(request, on_step=on_step, should_cancel=run.cancelled)
             except torch.cuda.OutOfMemoryError as exc:
+                # pipelines.run already released the failed run's memory
                 outcome.gpu_seconds += time.monotonic() - t
-                _free_memory()
                 lower = manager.downgrade_memory(request.model)
                 log.warning(
                     "job %s: out of GPU memory in mode %s; %s",
@@ -490,9 +491,3 @@ class GPUThread:
 
 def _since(t: float | None) -> float:
     return 0.0 if t is None else time.monotonic() - t
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

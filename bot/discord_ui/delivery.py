@@ -91,9 +91,36 @@ class DiscordDelivery:
 
     # -- status message ---------------------------------------------------------------------------
     async def remember_status_message(self, job: Job, message_id: int) -> None:
+        """Edit `message_id` from now on; and if the job already ended, show its end now.
+
+        A job can fail (a model that cannot load) or even finish before the command that queued
+        it has its status message back from Discord: `on_finished` then had no message to edit.
+        The queue records a job's end before it tells listeners, so the record returned here
+        says whether that happened.
+        """
         self._status[job.id] = message_id
         job.status_message_id = str(message_id)
-        await self.bot.store.update_job(job.id, status_message_id=str(message_id))
+        record = await self.bot.store.update_job(job.id, status_message_id=str(message_id))
+        if record is not None and record.state.is_final:
+            await self._show_early_end(record)
+
+    async def _show_early_end(self, job: Job) -> None:
+        """The final state of a job that ended before its status message was known."""
+        if job.state is not JobState.COMPLETE:
+            await self._edit_status(job, final_status(job), keep_view=False)
+            self._status.pop(job.id, None)
+        elif job.result_message_id and job.id in self._status:
+            await self._drop_status(job)  # posted already: the result replaces the status message
+        # else the result is being posted, and its delivery will find this message to delete
+
+    async def _drop_status(self, job: Job) -> None:
+        status = self._status_message(job)
+        self._status.pop(job.id, None)  # no await in between: whoever pops it first deletes it
+        if status is not None:
+            try:
+                await status.delete()
+            except discord.HTTPException:
+                log.debug("job %s: status message already gone", job.id)
 
     def _status_message(self, job: Job) -> discord.PartialMessage | None:
         message_id = self._status.get(job.id) or (
@@ -208,13 +235,7 @@ class DiscordDelivery:
             message = await self._post_result(channel, job, result)
         await self.bot.queue.mark_delivered(job.id, str(message.id))
         job.result_message_id = str(message.id)
-        status = self._status_message(job)
-        self._status.pop(job.id, None)
-        if status is not None:
-            try:
-                await status.delete()
-            except discord.HTTPException:
-                log.debug("job %s: status message already gone", job.id)
+        await self._drop_status(job)
 
     async def _post_result(self, channel: Any, job: Job, result: JobResult) -> Any:
         """The file attached, re-encoded to fit, or as a signed link when nothing fits."""

@@ -211,7 +211,10 @@ class RestApi:
                 raise ApiError(401, 0, "401: Unauthorized")
             self._check_against_spec(incoming)
             result = await route.handler(incoming)
-            if fault is not None:
+            if fault is not None and fault.hold is not None:
+                self.state.notify()  # what it did is visible while its answer is held back
+                await fault.hold.wait()
+            elif fault is not None:
                 self.state.notify()  # what it did is visible while its answer is held back
                 return await self._fault_answer(call, fault, bucket)
             if result is NO_CONTENT:

@@ -593,6 +593,16 @@ class FakeDiscord:
         self.state.faults.append(rule)
         return rule
 
+    def hold_answer(self, method: str, path: str) -> asyncio.Event:
+        """Serve the next call matching `method` and regex `path`, but hold back its (normal) answer
+        until the returned event is set: the bot waits on Discord while everything else moves on."""
+        release = asyncio.Event()
+        rule = FaultRule(
+            method=method.upper(), path=re.compile(path), status=200, after_serving=True, hold=release
+        )
+        self.state.faults.append(rule)
+        return release
+
     def clear_faults(self) -> None:
         self.state.faults.clear()
 

@@ -106,6 +106,8 @@ class FaultRule:
     times: int | None = 1  # None: until cleared
     after_serving: bool = False  # serve the call, then answer with the error (the answer was lost)
     delay_s: float = 0.0  # wait this long before answering
+    #: serve the call and answer it normally, but only once this is set (a slow answer from Discord)
+    hold: asyncio.Event | None = None
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:

@@ -68,13 +68,18 @@ async def test_gpu_faults_and_a_model_that_will_not_load_leave_the_bot_serving(
         assert status == 503 and "broken-image" in body, body
         assert (await http_get(f"{bot.web_url}/healthz"))[0] == 200
 
+        # ... and its job fails before Discord has even answered the post of its status message:
+        # that message must still end up saying why
+        answer = bot.discord.hold_answer("POST", r"^/channels/\d+/messages$")
         interaction = await ask(bot, "imagine", {"prompt": "a cat", **TINY}, user="alice")
+        await bot.discord.wait_until(
+            lambda: "failed: image broken-image" in bot.log_text(), timeout=60, what="the job to fail"
+        )
+        answer.set()
         reply = await private_reply(interaction)
-        if "Queued" in reply.content:  # refused by the worker rather than at the door
-            short = re.search(r"`([0-9a-f]{8})`", reply.content).group(1)
-            text = await final_status_text(bot, short)
-        else:
-            text = reply.content
+        assert "Queued" in reply.content, reply.content  # refused by the GPU thread, not at the door
+        short = re.search(r"`([0-9a-f]{8})`", reply.content).group(1)
+        text = await final_status_text(bot, short)
         assert "broken-image" in text and "available" in text.lower(), text
         assert str(tiny_model_cache) not in text and "Traceback" not in text  # no server internals
 
