@@ -22,9 +22,9 @@ from bot.core.queue import NotAllowed
 from bot.discord_ui.formatting import queued_status, short_id
 from bot.discord_ui.permissions import check_can_deliver
 from bot.discord_ui.views import NOT_YOURS, status_view
-from generation.errors import InvalidRequest
+from generation.errors import InvalidRequest, UserError
 from generation.files import part_path
-from generation.models import default_model_id, get_spec
+from generation.models import default_model_id, get_spec, image_to_video_spec
 from generation.params import random_seed, validate_request
 
 if TYPE_CHECKING:
@@ -68,8 +68,14 @@ class Actions:
     def build_job(self, interaction: discord.Interaction[Any], *, kind: str, raw: dict[str, Any]) -> Job:
         """Validate options against the model's limits; raises InvalidRequest naming the option."""
         settings = self.bot.settings
-        model_id = raw.pop("model", None) or default_model_id(settings, kind)  # type: ignore[arg-type]
+        picture = bool(raw.get("image"))
+        model_id = raw.pop("model", None) or default_model_id(settings, kind, image=picture)  # type: ignore[arg-type]
         spec = get_spec(self.bot.registry, model_id, kind=kind)  # type: ignore[arg-type]
+        notes: list[str] = []
+        if picture and kind == "video" and not spec.takes_image:
+            spec = image_to_video_spec(self.bot.registry, spec)
+            notes.append(f"{model_id} animates a picture through {spec.id}")
+            model_id = spec.id
         request = validate_request(kind, {**raw, "model": model_id}, spec, settings)
         ctx = self._context(interaction)
         return Job(
@@ -88,8 +94,26 @@ class Actions:
             max_tries=settings.max_tries,
             upload_limit_bytes=self._upload_limit(interaction),
             bot_permissions=interaction.app_permissions.value,
-            notes=list(request.notes),
+            notes=notes + list(request.notes),
         )
+
+    async def submit_new(
+        self,
+        interaction: discord.Interaction[Any],
+        *,
+        kind: str,
+        raw: dict[str, Any],
+        parent_id: str | None = None,
+    ) -> Job:
+        """Build and submit; a kept input picture of a request refused on the way is deleted again."""
+        try:
+            job = self.build_job(interaction, kind=kind, raw=raw)
+            job.parent_id = parent_id
+            return await self.submit(interaction, job)
+        except UserError:
+            if raw.get("image"):
+                await asyncio.to_thread(Path(raw["image"]).unlink, missing_ok=True)
+            raise
 
     # -- submit ----------------------------------------------------------------------------------
     async def submit(self, interaction: discord.Interaction[Any], job: Job) -> Job:
@@ -131,9 +155,8 @@ class Actions:
             raise InvalidRequest("The original request is gone, so it cannot be rerolled.")
         raw = {k: v for k, v in parent.params.items() if k not in ("seed", "kind")}
         raw["seed"] = random_seed()
-        job = self.build_job(interaction, kind=parent.kind, raw=raw)
-        job.parent_id = parent.id
-        return await self.submit(interaction, job)
+        await self._own_input(raw)
+        return await self.submit_new(interaction, kind=parent.kind, raw=raw, parent_id=parent.id)
 
     async def edit(
         self, job_id: str, *, prompt: str, negative_prompt: str, interaction: discord.Interaction[Any]
@@ -144,10 +167,20 @@ class Actions:
             raise InvalidRequest("The original request is gone, so it cannot be edited.")
         raw = {k: v for k, v in parent.params.items() if k not in ("kind", "prompt", "negative_prompt")}
         raw.update(prompt=prompt, negative_prompt=negative_prompt or None)
+        await self._own_input(raw)
         job = self.build_job(interaction, kind=parent.kind, raw=raw)
         job.parent_id = parent.id
         job.notes.append(f"An edit of `{short_id(parent.id)}` with the same seed.")
         return await self.submit(interaction, job)
+
+    async def _own_input(self, raw: dict[str, Any]) -> None:
+        """A job made from another gets its own copy of the input picture: forgetting either job's
+        files never takes the other's first frame."""
+        if raw.get("image"):
+            settings = self.bot.settings
+            raw["image"] = await asyncio.to_thread(
+                keep_result_as_input, settings.results_dir, raw["image"], settings.input_limits
+            )
 
     async def post_image(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> None:
         """`Un`: image n of a grid alone, from the file kept beside the grid: no GPU work."""
@@ -161,6 +194,24 @@ class Actions:
         channel = self.bot.get_partial_messageable(int(interaction.channel_id or job.channel_id or 0))
         await self.bot.delivery.post_image(channel, job, n, data, user_id=str(interaction.user.id))
         await interaction.followup.send(f"Posted image {n}.", ephemeral=True, allowed_mentions=NONE)
+
+    async def animate(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> Job:
+        """`Animate`: an image-to-video job (`I2V_MODEL`) from image n of a result, with its prompt.
+
+        The picture is copied into the inputs folder, so the new job keeps its first frame even
+        if the original result is deleted."""
+        parent = await self.bot.store.get_job(job_id)
+        if parent is None or parent.kind != "image" or not parent.result_path or n > parent.units:
+            raise InvalidRequest("That picture is gone, so it cannot be animated.")
+        source = Path(parent.result_path)
+        if parent.units > 1:
+            source = part_path(source, parent.id, n)
+        settings = self.bot.settings
+        image = await asyncio.to_thread(
+            keep_result_as_input, settings.results_dir, source, settings.input_limits
+        )
+        raw = {"prompt": parent.prompt, "negative_prompt": parent.negative_prompt, "image": image}
+        return await self.submit_new(interaction, kind="video", raw=raw, parent_id=parent.id)
 
     async def vary(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> Job:
         """`Vn`: image-to-image from image n with a new seed, the same prompt and count."""

@@ -261,7 +261,7 @@ class DiscordDelivery:
         return await channel.send(
             content=f"<@{job.user_id}>",
             embed=result_embed(job, attachment_name=None),  # its note says what happened
-            view=result_view(job.id, count=job.units),
+            view=result_view(job.id, count=job.units, kind=job.kind),
             allowed_mentions=_mention_only(job.user_id),
             nonce=result_nonce(job.id),
         )
@@ -293,7 +293,7 @@ class DiscordDelivery:
             content=f"<@{job.user_id}>",
             embed=result_embed(job, attachment_name=None if spoiler else name, link=link),
             file=file,
-            view=result_view(job.id, count=job.units),
+            view=result_view(job.id, count=job.units, kind=job.kind),
             allowed_mentions=_mention_only(job.user_id),
             nonce=result_nonce(job.id),
         )
@@ -305,7 +305,7 @@ class DiscordDelivery:
             content=f"<@{user_id}>",
             embed=result_embed(job, attachment_name=name, image=n),
             file=discord.File(io.BytesIO(data), filename=name),
-            view=result_view(job.id),
+            view=result_view(job.id, image=n),
             allowed_mentions=_mention_only(user_id),
         )
 
@@ -322,7 +322,7 @@ class DiscordDelivery:
         return await channel.send(
             content=f"<@{job.user_id}>",
             embed=result_embed(job, attachment_name=None, link=link),
-            view=result_view(job.id, count=job.units),
+            view=result_view(job.id, count=job.units, kind=job.kind),
             allowed_mentions=_mention_only(job.user_id),
             nonce=result_nonce(job.id),
         )

@@ -1,4 +1,5 @@
-"""Buttons on status and result messages: Cancel, Reroll, Edit, Delete, and U1..U4 / V1..V4 on a grid.
+"""Buttons on status and result messages: Cancel, Reroll, Edit, Delete, Animate, and U1..U4 / V1..V4
+on a grid.
 
 They are `DynamicItem`s: the job id lives in the fixed-shape `custom_id`
 (`job:<action>:<job id>`), so a button clicked after a restart is still routed here and
@@ -184,15 +185,41 @@ class VaryButton(_ImageButton, template=r"job:v(?P<n>[1-4]):" + JOB_ID):
         await _bot(interaction).actions.vary(self.job_id, self.n, interaction=interaction)
 
 
+class AnimateButton(_ImageButton, template=r"job:animate(?P<n>[1-4]):" + JOB_ID):
+    """`Animate`: an image-to-video job from image n of an image result, with its prompt.
+
+    The label is the same for every image; n rides in the custom id (a grid's own button
+    animates image 1, and each `Un` post animates image n)."""
+
+    action = "animate"
+    label = "Animate"
+    style = discord.ButtonStyle.success
+
+    def __init__(self, job_id: str, n: int = 1, row: int | None = None) -> None:
+        self.job_id, self.n = job_id, n
+        discord.ui.DynamicItem.__init__(
+            self,
+            discord.ui.Button(
+                label=self.label, emoji="🎞️", style=self.style, custom_id=f"job:{self.action}{n}:{job_id}"
+            ),
+            row=row,
+        )
+
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await _bot(interaction).actions.animate(self.job_id, self.n, interaction=interaction)
+
+
 def status_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
     return view
 
 
-def result_view(job_id: str, *, count: int = 1) -> discord.ui.View:
-    """Reroll and Delete; a grid of `count` images also gets U1..Un and V1..Vn, a row each
-    (Discord allows five buttons to a row and five rows)."""
+def result_view(job_id: str, *, count: int = 1, kind: str = "image", image: int = 1) -> discord.ui.View:
+    """Reroll and Delete, and Animate on an image (image `image` of the job: 1 for a grid);
+    a grid of `count` images also gets U1..Un and V1..Vn, a row each (Discord allows five
+    buttons to a row and five rows)."""
     view = discord.ui.View(timeout=None)
     if count > 1:
         for n in range(1, count + 1):
@@ -203,6 +230,8 @@ def result_view(job_id: str, *, count: int = 1) -> discord.ui.View:
     view.add_item(RerollButton(job_id).with_row(row))
     view.add_item(EditButton(job_id).with_row(row))
     view.add_item(DeleteButton(job_id).with_row(row))
+    if kind == "image":
+        view.add_item(AnimateButton(job_id, image, row=row))
     return view
 
 
@@ -213,4 +242,5 @@ DYNAMIC_ITEMS: tuple[type[_JobButton], ...] = (
     DeleteButton,
     PickButton,
     VaryButton,
+    AnimateButton,
 )

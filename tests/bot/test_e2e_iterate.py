@@ -59,8 +59,9 @@ async def test_count_four_posts_one_grid_and_u2_posts_image_two_alone_without_a_
         "Reroll",
         "Edit",
         "Delete",
+        "Animate",
     ]
-    assert len(grid_message.components) == 3  # U row, V row, Reroll, Edit and Delete
+    assert len(grid_message.components) == 3  # U row, V row, Reroll, Edit, Delete and Animate (image 1)
     fields = {f["name"]: f["value"] for f in grid_message.embed["fields"]}
     assert fields["Seeds"] == "500, 501, 502, 503"
     kept = sorted(p.name for p in (bot.workdir / "results").rglob(f"{job_id}.*.png"))
@@ -80,7 +81,8 @@ async def test_count_four_posts_one_grid_and_u2_posts_image_two_alone_without_a_
     assert picture.size == (64, 64)
     assert picture.text["seed"] == "501"
     assert {f["name"]: f["value"] for f in alone.embed["fields"]}["Seed"] == "501"
-    assert labels(alone) == ["Reroll", "Edit", "Delete"]
+    assert labels(alone) == ["Reroll", "Edit", "Delete", "Animate"]
+    assert f"job:animate2:{job_id}" in [c["custom_id"] for c in alone.buttons]  # animates image 2
     assert alone.pings().users == {bot.members["bob"].user.id}
     # the same pixels as tile 2 of the grid (top right): no new generation
     tile = grid.convert("RGB").crop((64 + GRID_PADDING, 0, 2 * 64 + GRID_PADDING, 64))

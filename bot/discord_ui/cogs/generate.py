@@ -7,9 +7,7 @@ Each command defers first, so the 3-second deadline holds however busy the queue
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -53,15 +51,9 @@ class Generate(commands.Cog):
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         raw = {k: v for k, v in raw.items() if v is not None}
-        if image is not None:  # downloaded and checked after the defer: it may take a moment
+        if image is not None:  # downloaded after the defer: it may take longer than 3 s
             raw["image"] = await keep_attachment(image, self.bot.settings)
-        try:
-            job = self.bot.actions.build_job(interaction, kind=kind, raw=raw)
-            await self.bot.actions.submit(interaction, job)
-        except Exception:
-            if image is not None:  # a refused request keeps nothing of the member's
-                await asyncio.to_thread(Path(raw["image"]).unlink, missing_ok=True)
-            raise
+        await self.bot.actions.submit_new(interaction, kind=kind, raw=raw)
 
     @app_commands.command(name="imagine")
     @app_commands.guild_only()
@@ -127,6 +119,7 @@ class Generate(commands.Cog):
         frames="Number of frames: each model has its own range and rule (Wan 4k+1, LTX 8k+1)",
         fps="Frames per second of the MP4",
         model="Video model",
+        image="A picture to animate (PNG, JPEG or WebP; its first frame): uses an image-to-video model",
     )
     @app_commands.autocomplete(model=video_models)
     async def video(
@@ -140,8 +133,9 @@ class Generate(commands.Cog):
         frames: app_commands.Range[int, FRAMES_RANGE[0], FRAMES_RANGE[1]] | None = None,
         fps: app_commands.Range[int, 1, 30] | None = None,
         model: str | None = None,
+        image: discord.Attachment | None = None,
     ) -> None:
-        """Create a short video clip from a text prompt."""
+        """Create a short video clip from a text prompt, or animate a picture."""
         raw = {
             "prompt": prompt,
             "negative_prompt": negative_prompt,
@@ -152,7 +146,7 @@ class Generate(commands.Cog):
             "fps": fps,
             "model": model,
         }
-        await self._queue(interaction, kind="video", raw=raw)
+        await self._queue(interaction, kind="video", raw=raw, image=image)
 
 
 async def setup(bot: ImagineBot) -> None:
