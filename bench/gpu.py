@@ -1,15 +1,19 @@
 """`python -m bench gpu`: the one prepared benchmark for a lent GPU (see bench/gpu.sh).
 
 A lent card is rare and short (minutes, no hub access, no package registry), so this script
-builds the *full-size* SD 1.5 and damo text-to-video architectures from the configs kept in
-bench/configs/ with random weights (timing does not depend on the weights), wraps them in the
-real diffusers pipelines and times, on the same card in one run:
+builds the *full-size* SD 1.5, damo text-to-video and Wan architectures from the configs kept in
+bench/configs/ with random weights (timing does not depend on the weights) and times, on the
+same card in one run:
 
-- the seed's recipe: fp16, `enable_model_cpu_offload`, the default attention processor;
-- our production recipe: everything resident, fp16 and bf16 (the faster is kept), SDPA with
-  fused QKV, channels_last convolutions, VAE slicing only when the decode would not fit, and
-  `torch.compile` of the UNet, reported separately with the jobs it takes to pay back;
-- our low-memory recipe: model cpu offload, VAE slicing, SDPA, with its peak VRAM.
+- the seed's recipe (the baseline): the plain diffusers pipeline, fp16, `enable_model_cpu_offload`,
+  the default attention processor, assembled here;
+- the product: the same weights saved to a local folder, registered through `EXTRA_MODELS` and
+  run by `PipelineManager` (bench/gpu_product.py) with the production settings, i.e. whatever
+  generation/tuning.py does by default (SDPA, fused QKV, channels_last, TF32) and the memory
+  mode `auto` picks; its `MEMORY_MODE=offload` as the low-memory recipe (peak VRAM); and its
+  `COMPILE=<mode>` (compiled and warmed up at load), reported apart with the jobs it takes to
+  pay back;
+- SD 1.5 images per second at batch 1, 2, 4 and 8 through the product's tuned pipeline.
 
 Each scenario gets one JSON line through `bench.common.emit("gpu", …)`: seconds per job and per
 step, speed-up over the seed's recipe, and the ratio to the FLOP floor (UNet FLOPs of one
@@ -49,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from bench.gpu_product import ProductRig, Products, batch_curve
 
 log = logging.getLogger(__name__)
 
@@ -372,9 +377,6 @@ class Rig:
         if self.offloaded:
             self.pipe.remove_all_hooks()
             self.offloaded = False
-        for model in (self.denoiser, self.pipe.vae):
-            _drop_fused_projections(model)
-            _set_conv_format(model, torch.contiguous_format)
         self.pipe.vae.disable_slicing()
         if self.cuda:
             torch.backends.cudnn.benchmark = False
@@ -389,12 +391,9 @@ class Rig:
     def apply(self, recipe: str, dtype: Any, scenario: Scenario) -> dict[str, Any]:
         """Put the pipeline into `recipe`; returns the settings, as the JSON line reports them."""
         self._reset()
-        if recipe in {"seed", "lowmem"}:
-            settings = self._apply_offloaded(recipe, dtype)
-        elif recipe == "production":
-            settings = self._apply_production(dtype, scenario)
-        else:
+        if recipe != "seed":  # production and low-memory are the product's (bench/gpu_product.py)
             raise ValueError(f"unknown recipe {recipe!r}")
+        settings = self._apply_offloaded(recipe, dtype)
         _free_memory(self.cuda)
         return settings
 
@@ -423,70 +422,8 @@ class Rig:
         settings["model_cpu_offload"] = self.offloaded
         return settings
 
-    def _apply_production(self, dtype: Any, scenario: Scenario) -> dict[str, Any]:
-        """Everything resident; UNets get fused QKV (SDPA) and channels_last convolutions."""
-        import torch
-
-        pipe = self.pipe
-        settings: dict[str, Any] = {"dtype": dtype_name(dtype)}
-        for model in self.models():
-            model.to(device=self.device, dtype=dtype)
-        if self.has_unet:
-            pipe.unet.fuse_qkv_projections()  # also installs FusedAttnProcessor2_0 (SDPA)
-            pipe.vae.fuse_qkv_projections()
-            for model in (pipe.unet, pipe.vae):
-                _set_conv_format(model, torch.channels_last)
-        settings["attention"] = _attention_name(self.denoiser)
-        settings["fused_qkv"] = self.has_unet
-        settings["channels_last"] = self.has_unet
-        slicing = self.cuda and vae_decode_needs_slicing(scenario, dtype)
-        if slicing:
-            pipe.vae.enable_slicing()
-        settings["vae_slicing"] = slicing
-        settings["model_cpu_offload"] = False
-        if self.cuda:
-            torch.backends.cudnn.benchmark = True
-            settings["cudnn_benchmark"] = True
-        return settings
-
-
 def _attention_name(model: Any) -> str:
     return type(next(iter(model.attn_processors.values()))).__name__
-
-
-def _drop_fused_projections(model: Any) -> None:
-    """Undo `fuse_qkv_projections` including its extra weights, so offload moves no dead bytes."""
-    from diffusers.models.attention_processor import Attention
-
-    for module in model.modules():
-        if isinstance(module, Attention) and getattr(module, "fused_projections", False):
-            for name in ("to_qkv", "to_kv"):
-                if hasattr(module, name):
-                    delattr(module, name)
-            module.fused_projections = False
-
-
-def _set_conv_format(model: Any, memory_format: Any) -> None:
-    """channels_last on the 2-D convolutions only (`Module.to` rejects UNet3D's 5-D kernels)."""
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            module.weight.data = module.weight.data.contiguous(memory_format=memory_format)
-
-
-def vae_decode_needs_slicing(scenario: Scenario, dtype: Any) -> bool:
-    """Slice the VAE decode only when decoding every frame at once would crowd the card.
-
-    About eight full-resolution 128-channel activations are alive at the decoder's last block;
-    slicing costs little time but is only worth it when that estimate tops half of free memory.
-    """
-    import torch
-
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    estimate = max(scenario.frames, 1) * scenario.width * scenario.height * 128 * itemsize * 8
-    free, _total = torch.cuda.mem_get_info()
-    return estimate > free / 2
 
 
 def _free_memory(cuda: bool) -> None:
@@ -603,27 +540,23 @@ class Settings:
 
 
 def measure(
-    rig: Rig, scenario: Scenario, recipe: str, dtype: Any, *, flops: int, opts: Settings, budget: Budget,
-    compile_mode: str | None = None,
-) -> tuple[dict[str, Any], Job | None]:
-    """Warm once (few steps), then time up to `repeats` full jobs as the budget allows."""
+    label: str, prepare: Callable[[], dict[str, Any]], job: Callable[[int, int], Any], *, cuda: bool,
+    flops: int, opts: Settings, budget: Budget, own_peak: bool = False,
+) -> tuple[dict[str, Any], Any | None]:
+    """Prepare the recipe, warm once (few steps), then time up to `repeats` full jobs as the budget
+    allows. `job(steps, seed)` runs one; with `own_peak`, the peak VRAM excludes what was already
+    allocated (the production manager's resident weights while the low-memory one runs)."""
     import torch
 
-    record: dict[str, Any] = {"recipe": recipe, "status": "ok"}
-    last: Job | None = None
+    record: dict[str, Any] = {"recipe": label, "status": "ok"}
+    last: Any | None = None
     if budget.left() <= 0:
         record["status"] = "skipped_budget"
         return record, None
     try:
-        record["settings"] = rig.apply(recipe, dtype, scenario)
-        if compile_mode is not None:  # the first call compiles; a second warm-up shows the rest
-            rig.denoiser.compile(mode=None if compile_mode == "default" else compile_mode)
-            record["settings"]["compile"] = compile_mode
-            t0 = time.perf_counter()
-            run_job(rig, scenario, steps=opts.warm_steps, seed=opts.seed)
-            record["compile_warm_s"] = round(time.perf_counter() - t0, 4)
+        record["settings"] = prepare()
         t0 = time.perf_counter()
-        warm = run_job(rig, scenario, steps=opts.warm_steps, seed=opts.seed)
+        warm = job(opts.warm_steps, opts.seed)
         record["warm_s"] = round(time.perf_counter() - t0, 4)
         record["warm_steps"] = opts.warm_steps
         per_step = warm.unet_step_s or warm.job_s / max(warm.unet_calls, 1)
@@ -632,32 +565,34 @@ def measure(
         if not budget.fits(estimate):
             record["status"] = "skipped_budget"
             return record, None
-        if rig.cuda:
+        base = 0
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() if own_peak else 0
         repeats = max(1, min(opts.repeats, int(opts.recipe_cap_s // max(estimate, 1e-9))))
-        jobs: list[Job] = []
+        jobs: list[Any] = []
         for k in range(repeats):
             if k and not budget.fits(estimate):
                 break
-            last = run_job(rig, scenario, steps=opts.steps, seed=opts.seed + k)
+            last = job(opts.steps, opts.seed + k)
             jobs.append(last)
             estimate = last.job_s
         record.update(summarise(jobs, steps=opts.steps, flops=flops, peak_tflops=opts.peak_tflops))
-        if rig.cuda:
-            record["peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
+        if cuda:
+            record["peak_vram_gb"] = round((torch.cuda.max_memory_allocated() - base) / GIB, 3)
             record["peak_vram_reserved_gb"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
     except torch.cuda.OutOfMemoryError as exc:
         record["status"] = "oom"
         record["error"] = str(exc).splitlines()[0][:300]
-        _say(f"  {scenario.name} {recipe}: out of memory")
+        _say(f"  {label}: out of memory")
         last = None
     except Exception as exc:  # one broken recipe must not cost the rest of a scarce GPU run
-        log.exception("%s %s failed", scenario.name, recipe)
+        log.exception("%s failed", label)
         record["status"] = "error"
         record["error"] = f"{type(exc).__name__}: {exc}"[:300]
         last = None
     finally:
-        _free_memory(rig.cuda)
+        _free_memory(cuda)
     return record, last
 
 
@@ -773,10 +708,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--budget-s", type=float, default=None, help="wall-clock budget (default 270; 120 quick)")
     parser.add_argument("--scenarios", nargs="+", default=None, help="subset, by name: " + " ".join(
         s.name for s in FULL_SCENARIOS))
-    parser.add_argument("--recipes", nargs="+", default=["seed", "production", "lowmem", "compile"],
-                        choices=["seed", "production", "lowmem", "compile"])
-    parser.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16"],
-                        help="production candidates; the faster is kept")
+    parser.add_argument("--recipes", nargs="+", default=["seed", "production", "lowmem", "compile", "batch"],
+                        choices=["seed", "production", "lowmem", "compile", "batch"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16"],
+                        help="the product's DTYPE for its recipes (auto: the model's half precision)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8],
+                        help="SD 1.5 images per pipeline call for the batch curve")
     parser.add_argument("--compile-mode", default="default",
                         help='torch.compile mode for the UNet ("default", "max-autotune-no-cudagraphs", …)')
     parser.add_argument("--compile-scenarios", nargs="+", default=["damo-256x256x16"],
@@ -889,6 +826,7 @@ def _quiet_libraries() -> Iterator[None]:
     saved = diffusers.utils.logging.get_verbosity(), transformers.utils.logging.get_verbosity()
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Writing model shards" as the bench saves a family
     try:
         yield
     finally:
@@ -911,44 +849,75 @@ def _run(args: argparse.Namespace, budget: Budget) -> bool | None:
     opts = Settings(steps=args.steps, warm_steps=args.warm_steps, repeats=args.repeats, seed=args.seed,
                     dry_run=args.dry_run, cuda=cuda, peak_tflops=peak, recipe_cap_s=args.recipe_cap_s)
     half = torch.float16 if cuda else torch.float32  # CPU has no fast fp16: fp32 stands in
-    dtypes = [{"fp16": half, "bf16": torch.bfloat16}[d] for d in args.dtypes]
     emit = Emitter(args.out)
     scenarios = scenarios_for(dry_run=args.dry_run, names=args.scenarios)
     _say(f"bench gpu: {device_name}, peak {peak} TFLOP/s, {len(scenarios)} scenarios, {opts.steps} steps, "
          f"budget {args.budget_s:.0f} s")
 
     rigs: dict[str, Rig] = {}
+    first = {}
+    for scenario in scenarios:
+        first.setdefault(scenario.family, scenario)
+    products = Products(root=Path(tempfile.mkdtemp(prefix="bench-gpu-models-")), cuda=cuda, dtype=args.dtype,
+                        pipe_for=lambda family: _rig_for(family, rigs, args=args, cuda=cuda, half=half).pipe,
+                        first_scenario=first)
+    try:
+        results, compiled, extras = _scenarios(scenarios, rigs, products, args=args, opts=opts, budget=budget,
+                                               facts=facts, half=half, cuda=cuda, emit=emit)
+    finally:
+        products.cleanup()
+    summary, passed = summarise_run(results, compiled, facts=facts, budget=budget, args=args)
+    summary.update(extras, save_s=products.save_s, product_settings=_product_defaults())
+    emit(summary, passed=None if args.dry_run else passed)
+    _say(format_table(results, compiled))
+    return None if args.dry_run else passed
+
+
+def _product_defaults() -> dict[str, Any]:
+    """The tuned-path settings the product ran with (its defaults: the production settings)."""
+    from generation.settings import GenerationSettings
+
+    defaults = GenerationSettings(_env_file=None)  # type: ignore[call-arg]
+    names = ("attention_backend", "fuse_qkv", "channels_last", "allow_tf32", "compile", "memory_mode")
+    return {name: getattr(defaults, name) for name in names}
+
+
+def _scenarios(
+    scenarios: list[Scenario], rigs: dict[str, Rig], products: Products, *, args: argparse.Namespace,
+    opts: Settings, budget: Budget, facts: dict[str, Any], half: Any, cuda: bool, emit: Emitter,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Each scenario's line (and its compile and batch lines), most wanted first, as the budget allows."""
     results: dict[str, dict[str, Any]] = {}
     compiled: dict[str, dict[str, Any]] = {}
-    #: production dtype chosen on a family's first scenario, reused for its larger ones
-    family_dtype: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
     for scenario in scenarios:
         if budget.left() <= 0:
             results[scenario.name] = {"status": "skipped_budget"}
             continue
         rig = _rig_for(scenario.family, rigs, args=args, cuda=cuda, half=half)
-        candidates = [family_dtype[scenario.family]] if scenario.family in family_dtype else dtypes
         flops = unet_flops(scenario.family, scenario, tiny=args.dry_run)
-        figures, best = run_scenario(rig, scenario, dtypes=candidates, half=half, recipes=args.recipes,
-                                     opts=opts, budget=budget, facts=facts, flops=flops)
+        figures, eager = run_scenario(rig, products, scenario, half=half, recipes=args.recipes, opts=opts,
+                                      budget=budget, facts=facts, flops=flops)
         results[scenario.name] = figures
         emit(figures, passed=None if args.dry_run else figures["checks_passed"])
-        if best is None:
+        if eager is None or eager.get("status") != "ok":
             continue
-        family_dtype.setdefault(scenario.family, best[0])
+        if "batch" in args.recipes and scenario.family == "sd15" and not scenario.frames:
+            _say(f"{scenario.name}: images per second at batch {args.batch_sizes}")
+            production = products.rig("production", "sd15")
+            line = batch_curve(production, "sd15", scenario, sizes=tuple(args.batch_sizes), steps=opts.steps,
+                               seed=opts.seed, budget=budget)
+            emit({**line, "dry_run": opts.dry_run, **facts}, passed=None)
+            extras["batch"] = {k: v.get("images_per_s") for k, v in line["batches"].items()}
         if "compile" in args.recipes and scenario.name in args.compile_scenarios:
             if budget.fits(args.compile_reserve_s):
-                figures = run_compile(rig, scenario, eager=best, mode=args.compile_mode, opts=opts,
+                figures = run_compile(products, scenario, eager=eager, mode=args.compile_mode, opts=opts,
                                       budget=budget, facts=facts, flops=flops)
                 emit(figures, passed=None)
             else:
                 figures = {"kind": "compile", "scenario": scenario.name, "status": "skipped_budget"}
             compiled[scenario.name] = figures
-
-    summary, passed = summarise_run(results, compiled, facts=facts, budget=budget, args=args)
-    emit(summary, passed=None if args.dry_run else passed)
-    _say(format_table(results, compiled))
-    return None if args.dry_run else passed
+    return results, compiled, extras
 
 
 def _rig_for(family: str, rigs: dict[str, Rig], *, args: argparse.Namespace, cuda: bool, half: Any) -> Rig:
@@ -984,9 +953,9 @@ def _device_facts(*, cuda: bool, device_name: str, peak: float | None) -> dict[s
 
 
 def run_scenario(
-    rig: Rig, scenario: Scenario, *, dtypes: list[Any], half: Any, recipes: list[str], opts: Settings,
+    rig: Rig, products: Products, scenario: Scenario, *, half: Any, recipes: list[str], opts: Settings,
     budget: Budget, facts: dict[str, Any], flops: int,
-) -> tuple[dict[str, Any], tuple[Any, dict[str, Any]] | None]:
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Production (each dtype), then the seed's recipe, then low-memory, for one scenario.
 
     Returns the scenario's figures and the production dtype and record kept (None if none ran).
@@ -1005,25 +974,32 @@ def run_scenario(
         "build_s": rig.build_s,
         "recipes": {},
     }
-    best: tuple[Any, dict[str, Any], Job] | None = None
+    family = scenario.family
     if "production" in recipes:
-        for dtype in dtypes:
-            _say(f"{scenario.name}: production {dtype_name(dtype)}")
-            record, job = measure(rig, scenario, "production", dtype, flops=flops, opts=opts, budget=budget)
-            figures["recipes"][f"production_{dtype_name(dtype)}"] = record
-            if job is not None and (best is None or record["job_s"] < best[1]["job_s"]):
-                best = (dtype, record, job)
-    if best is not None:
-        dtype, record, job = best
-        figures["production"] = {"dtype": dtype_name(dtype), **{k: record.get(k) for k in (
-            "job_s", "s_per_step", "unet_step_s", "floor_ratio", "fraction_of_peak", "peak_vram_gb")}}
-        if scenario.frames:
-            figures["encode"] = time_encode(job.frames, fps=scenario.fps, gpu_job_s=record["job_s"])
-    for recipe in ("seed", "lowmem"):
-        if recipe in recipes:
-            _say(f"{scenario.name}: {recipe}")
-            record, _job = measure(rig, scenario, recipe, half, flops=flops, opts=opts, budget=budget)
-            figures["recipes"][recipe] = record
+        _say(f"{scenario.name}: production (PipelineManager)")
+        product = products.rig("production", family)
+        record, job = measure(f"{scenario.name} production", lambda: _product_prepare(product, family),
+                              _product_job(product, family, scenario), cuda=opts.cuda, flops=flops, opts=opts,
+                              budget=budget)
+        figures["recipes"]["production"] = record
+        if job is not None:
+            figures["production"] = {"dtype": record["settings"]["dtype"], **{k: record.get(k) for k in (
+                "job_s", "s_per_step", "unet_step_s", "floor_ratio", "fraction_of_peak", "peak_vram_gb")}}
+            if scenario.frames:
+                figures["encode"] = time_encode(job.frames, fps=scenario.fps, gpu_job_s=record["job_s"])
+    if "seed" in recipes:
+        _say(f"{scenario.name}: seed")
+        record, _job = measure(f"{scenario.name} seed", lambda: rig.apply("seed", half, scenario),
+                               lambda steps, seed: run_job(rig, scenario, steps=steps, seed=seed),
+                               cuda=opts.cuda, flops=flops, opts=opts, budget=budget)
+        figures["recipes"]["seed"] = record
+    if "lowmem" in recipes:
+        _say(f"{scenario.name}: lowmem (PipelineManager, MEMORY_MODE=offload)")
+        product = products.rig("lowmem", family)
+        record, _job = measure(f"{scenario.name} lowmem", lambda: _product_prepare(product, family),
+                               _product_job(product, family, scenario), cuda=opts.cuda, flops=flops,
+                               opts=opts, budget=budget, own_peak=True)
+        figures["recipes"]["lowmem"] = record
     seed = figures["recipes"].get("seed", {})
     lowmem = figures["recipes"].get("lowmem", {})
     production = figures.get("production", {})
@@ -1039,7 +1015,18 @@ def run_scenario(
     figures["checks"] = checks
     figures["checks_passed"] = _all_checks(checks)
     figures["elapsed_s"] = round(budget.used(), 1)
-    return figures, (best[0], best[1]) if best is not None else None
+    return figures, figures["recipes"].get("production") if "production" in figures else None
+
+
+
+
+def _product_prepare(product: ProductRig, family: str) -> dict[str, Any]:
+    product.load(family)
+    return product.settings_record(family)
+
+
+def _product_job(product: ProductRig, family: str, scenario: Scenario) -> Callable[[int, int], Any]:
+    return lambda steps, seed: product.run_job(family, scenario, steps=steps, seed=seed)
 
 
 def _scenario_checks(
@@ -1076,34 +1063,34 @@ def _all_checks(checks: dict[str, bool | None]) -> bool | None:
 
 
 def run_compile(
-    rig: Rig, scenario: Scenario, *, eager: tuple[Any, dict[str, Any]], mode: str, opts: Settings,
+    products: Products, scenario: Scenario, *, eager: dict[str, Any], mode: str, opts: Settings,
     budget: Budget, facts: dict[str, Any], flops: int,
 ) -> dict[str, Any]:
-    """The production recipe with a compiled UNet: steady-state gain, compile cost, pay-back in jobs."""
-    dtype, eager_record = eager
-    _say(f"{scenario.name}: production {dtype_name(dtype)} + torch.compile ({mode})")
-    record, _job = measure(rig, scenario, "production", dtype, flops=flops, opts=opts, budget=budget,
-                           compile_mode=mode)
+    """The product with COMPILE=<mode>: compiled and warmed up at load (its `compile_s`), then timed;
+    steady-state gain over the eager production manager and the jobs it takes to pay back."""
+    _say(f"{scenario.name}: PipelineManager with COMPILE={mode}")
+    family = scenario.family
+    product = products.rig("compile", family, compile_mode=mode)
+    record, _job = measure(f"{scenario.name} compile", lambda: _product_prepare(product, family),
+                           _product_job(product, family, scenario), cuda=opts.cuda, flops=flops, opts=opts,
+                           budget=budget)
+    products.close("compile")
     figures: dict[str, Any] = {"kind": "compile", "scenario": scenario.name, "dry_run": opts.dry_run, **facts,
-                               "mode": mode, "dtype": dtype_name(dtype), "record": record}
-    if record.get("compile_warm_s") is not None:
-        # the same short job twice: the first one's extra time is the compile
-        figures["compile_s"] = round(record["compile_warm_s"] - record["warm_s"], 2)
-    if record.get("job_s") and "compile_s" in figures:
-        gain = eager_record["job_s"] - record["job_s"]
-        compile_s = figures["compile_s"]
+                               "mode": mode, "record": record}
+    settings = record.get("settings") or {}
+    figures["compile_s"] = settings.get("compile_s")
+    figures["compiled"] = settings.get("compile") == mode
+    if record.get("job_s") and figures["compile_s"] is not None:
+        gain = eager["job_s"] - record["job_s"]
         figures.update(
             job_s=record["job_s"],
-            eager_job_s=eager_record["job_s"],
-            speedup_vs_eager=round(eager_record["job_s"] / record["job_s"], 3),
-            payback_jobs=math.ceil(compile_s / gain) if gain > 0 else None,
+            eager_job_s=eager["job_s"],
+            speedup_vs_eager=round(eager["job_s"] / record["job_s"], 3),
+            payback_jobs=math.ceil(figures["compile_s"] / gain) if gain > 0 else None,
             unet_step_s=record.get("unet_step_s"),
             floor_ratio=record.get("floor_ratio"),
             fraction_of_peak=record.get("fraction_of_peak"),
         )
-    # the compiled UNet stays compiled for nothing else: drop the compiled call
-    with contextlib.suppress(AttributeError):
-        rig.denoiser._compiled_call_impl = None
     return figures
 
 

@@ -6,9 +6,10 @@
 # $OUT/gpu.jsonl as they come and the whole log to $OUT/gpu.log.
 #
 # The lent machine has no network: its python3 already has torch (CUDA), transformers and
-# accelerate, but not diffusers or imageio-ffmpeg. Those travel as wheels in .whl/ (ignored
-# by git), fetched beforehand on a machine with a package index:
-#     bash bench/gpu.sh --fetch-wheels      # here, once: ~36 MB into .whl/
+# accelerate, but not diffusers, imageio-ffmpeg or the settings library the product's
+# PipelineManager reads (pydantic-settings). Those travel as wheels in .whl/ (ignored by git),
+# fetched beforehand on a machine with a package index:
+#     bash bench/gpu.sh --fetch-wheels      # here, once: ~39 MB into .whl/
 # and the device call carries them: run(command="bash bench/gpu.sh", carry=[".whl"]).
 # Where no Python has what it needs and the network is reachable, it falls back to
 # `bash .ci/setup` (a .venv with a CUDA torch) like any other machine.
@@ -30,7 +31,9 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
     $PIP download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --platform manylinux1_x86_64 --platform any -d .whl \
-        "diffusers==0.42.1" "imageio-ffmpeg==0.7.0" || exit 1
+        "diffusers==0.42.1" "imageio-ffmpeg==0.7.0" "pydantic==2.14.4" "pydantic-core==2.50.5" \
+        "pydantic-settings==2.16.3" "python-dotenv==1.2.4" "typing-inspection==0.4.5" "annotated-types==0.8.0" \
+        || exit 1
     ls -l .whl
     exit 0
 fi
@@ -46,7 +49,7 @@ fi
 need_cuda=1
 for arg in "$@"; do [ "$arg" = "--dry-run" ] && need_cuda=0; done
 usable() {
-    "$1" -c "import sys, torch, diffusers, transformers, accelerate
+    "$1" -c "import sys, torch, diffusers, transformers, accelerate, pydantic_settings
 sys.exit(0 if torch.cuda.is_available() or not $need_cuda else 1)" 2>/dev/null
 }
 PY=""

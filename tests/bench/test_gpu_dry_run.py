@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bench import common, gpu
+from generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_one_line_per_scenario_then_a_summary(dry_run: dict[str, Any]) -> None:
     lines = dry_run["lines"]
-    assert [ln["name"] for ln in lines] == ["gpu"] * (len(gpu.FULL_SCENARIOS) + 1)
+    # one line per scenario, SD 1.5's batch curve right after its scenario, then the summary
+    assert [ln["name"] for ln in lines] == ["gpu"] * (len(gpu.FULL_SCENARIOS) + 2)
+    assert [ln["figures"]["kind"] for ln in lines][1:3] == ["scenario", "batch"]
     assert list(dry_run["scenarios"]) == [s.name for s in gpu.FULL_SCENARIOS]
     assert lines[-1]["figures"]["kind"] == "summary"
     # CPU figures decide nothing
@@ -64,36 +67,50 @@ def test_one_line_per_scenario_then_a_summary(dry_run: dict[str, Any]) -> None:
 def test_every_recipe_ran_with_its_settings(dry_run: dict[str, Any]) -> None:
     for name, fig in dry_run["scenarios"].items():
         recipes = fig["recipes"]
-        assert {"seed", "lowmem"} <= set(recipes), name
+        assert set(recipes) == {"production", "seed", "lowmem"}, name
         assert all(r["status"] == "ok" for r in recipes.values()), (name, recipes)
         for record in recipes.values():
             assert record["job_s"] > 0 and record["unet_step_s"] > 0
             assert record["repeats"] == 1 and len(record["job_s_all"]) == 1
             assert record["unet_calls"] == (3 if fig["scenario"].startswith("sd15") else 2)  # PNDM adds one
-        assert recipes["lowmem"]["settings"]["vae_slicing"] is True
-        production = [r for key, r in recipes.items() if key.startswith("production_")]
-        assert production
-        if name.startswith("wan"):  # a transformer: its own SDPA processor, nothing to fuse or swap
-            for record in recipes.values():
-                assert record["settings"]["attention"] == "WanAttnProcessor"
-            assert all(r["settings"]["fused_qkv"] is False for r in production)
+        # production and low-memory are the product: PipelineManager with its default tuned path
+        for recipe, memory_mode in (("production", "full"), ("lowmem", "offload")):
+            settings = recipes[recipe]["settings"]
+            assert settings["path"] == "PipelineManager" and settings["memory_mode"] == memory_mode
+            assert settings["attention"] == "sdpa" and settings["compile"] == "off"
+            assert settings["fallbacks"] == [] and settings["tf32"] == "skipped (cpu)"
+            assert settings["dtype"] == fig["production"]["dtype"] == "fp32"
+        production = recipes["production"]["settings"]
+        if name.startswith("wan"):  # a transformer: fused in its own attention; 2-D convolutions in the VAE
+            assert production["fused_qkv"] == "transformer" and production["channels_last"].startswith("vae")
             continue
+        assert production["fused_qkv"] == "unet, vae" and production["channels_last"].startswith("unet")
         assert recipes["seed"]["settings"]["attention"] == "AttnProcessor"
-        assert recipes["lowmem"]["settings"]["attention"] == "AttnProcessor2_0"
-        for record in production:
-            assert record["settings"]["attention"] == "FusedAttnProcessor2_0"
-            assert record["settings"]["fused_qkv"] is True and record["settings"]["channels_last"] is True
+        assert recipes["seed"]["settings"]["model_cpu_offload"] is False  # no GPU to offload to
 
 
-def test_dtype_is_chosen_once_per_family(dry_run: dict[str, Any]) -> None:
+def test_the_product_loads_each_family_from_its_saved_folder(dry_run: dict[str, Any]) -> None:
+    """from_pretrained of the folder the bench saved: a load time on a family's first scenario."""
     scenarios = dry_run["scenarios"]
-    first = scenarios["damo-256x256x16"]
-    assert {"production_fp32", "production_bf16"} <= set(first["recipes"])
-    fastest = min(("fp32", "bf16"), key=lambda d: first["recipes"][f"production_{d}"]["job_s"])
-    assert first["production"]["dtype"] == fastest
-    for later in ("zeroscope-576x320x24", "damo-256x256x64"):
-        keys = [k for k in scenarios[later]["recipes"] if k.startswith("production_")]
-        assert keys == [f"production_{fastest}"]
+    for name in ("damo-256x256x16", "sd15-512x512", "wan-832x480x81"):
+        assert scenarios[name]["recipes"]["production"]["settings"]["load_s"] > 0
+    (summary,) = dry_run["summary"]
+    assert set(summary["save_s"]) == {"damo", "sd15", "wan"}
+
+
+def test_batch_curve_times_one_call_per_batch_size(dry_run: dict[str, Any]) -> None:
+    (batch,) = [ln["figures"] for ln in dry_run["lines"] if ln["figures"]["kind"] == "batch"]
+    assert batch["scenario"] == "sd15-512x512" and batch["sizes"] == [1, 2, 4, 8]
+    assert batch["settings"]["path"] == "PipelineManager" and batch["settings"]["fused_qkv"] == "unet, vae"
+    for size, row in batch["batches"].items():
+        assert row["status"] == "ok", row
+        assert row["images_per_s"] == pytest.approx(int(size) / row["job_s"], rel=0.01)
+    one = batch["batches"]["1"]["images_per_s"]
+    assert batch["batches"]["8"]["speedup_vs_batch_1"] == pytest.approx(
+        batch["batches"]["8"]["images_per_s"] / one, rel=0.01
+    )
+    (summary,) = dry_run["summary"]
+    assert summary["batch"] == {k: v["images_per_s"] for k, v in batch["batches"].items()}
 
 
 def test_ratios_follow_from_the_timings_and_the_flop_count(dry_run: dict[str, Any]) -> None:
@@ -160,7 +177,8 @@ def test_an_exhausted_budget_still_prints_a_summary(tmp_path: Path) -> None:
 def test_compile_is_timed_separately_with_its_pay_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The compile path's bookkeeping (a real CPU inductor compile takes minutes here)."""
+    """COMPILE=default through the product: compiled and warmed at load, then timed (the compile
+    call is recorded instead of run: a real CPU inductor build takes minutes here)."""
     import torch
 
     compiled: list[str] = []
@@ -174,9 +192,9 @@ def test_compile_is_timed_separately_with_its_pay_back(
     kinds = [ln["figures"]["kind"] for ln in lines]
     assert kinds == ["scenario", "compile", "summary"]
     scenario, comp, summary = (ln["figures"] for ln in lines)
-    assert comp["record"]["settings"]["compile"] == "default"
-    record = comp["record"]
-    assert comp["compile_s"] == pytest.approx(record["compile_warm_s"] - record["warm_s"], abs=0.01)
+    settings = comp["record"]["settings"]
+    assert settings["path"] == "PipelineManager" and settings["compile"] == "default" and comp["compiled"]
+    assert comp["compile_s"] == settings["compile_s"] > 0  # the load-time warm-up at 64x64x2
     assert comp["eager_job_s"] == scenario["production"]["job_s"]
     assert comp["speedup_vs_eager"] == pytest.approx(comp["eager_job_s"] / comp["job_s"], rel=0.01)
     row = summary["scenarios"]["damo-256x256x16"]
@@ -198,10 +216,16 @@ def test_full_size_flop_counts_match_the_published_architectures() -> None:
 
 
 def test_full_size_production_settings_fit_the_architectures() -> None:
-    """Fused QKV (64 heads of 5 in damo's UNet3D), channels_last and SDPA, shape-checked on meta
-    tensors at full size: what only a lent card would otherwise find out."""
+    """The product's tuned path (generation/tuning.py: SDPA, fused QKV with 64 heads of 5 in damo's
+    UNet3D, channels_last) on the full-size models, shape-checked on meta tensors: what only a lent
+    card would otherwise find out."""
+    from types import SimpleNamespace
+
     import diffusers
     import torch
+
+    from generation import tuning
+    from generation.spec import ModelSpec
 
     for scenario in (gpu.FULL_SCENARIOS[0], gpu.FULL_SCENARIOS[1]):
         config = gpu.load_config(scenario.family, "unet", tiny=False)
@@ -209,9 +233,11 @@ def test_full_size_production_settings_fit_the_architectures() -> None:
             unet = getattr(diffusers, gpu.UNET_CLASS[scenario.family]).from_config(config).half()
             vae_config = gpu.load_config(scenario.family, "vae", tiny=False)
             vae = diffusers.AutoencoderKL.from_config(vae_config).half()
-        for model in (unet, vae):
-            model.fuse_qkv_projections()
-            gpu._set_conv_format(model, torch.channels_last)
+        spec = ModelSpec(id=scenario.name, repo_id="bench/full", pipeline="StableDiffusionPipeline",
+                         kind="image", default_width=512, default_height=512, max_width=512, max_height=512)
+        tuned = tuning.prepare(SimpleNamespace(unet=unet, vae=vae), spec, GenerationSettings(_env_file=None),
+                               "cuda")
+        assert tuned.fused_qkv == ["unet", "vae"] and not tuned.fallbacks
         h, w, f = scenario.height // 8, scenario.width // 8, scenario.frames
         shape = (2, 4, f, h, w) if f else (2, 4, h, w)
         context = torch.empty(2, 77, config["cross_attention_dim"], device="meta", dtype=torch.half)
@@ -221,8 +247,7 @@ def test_full_size_production_settings_fit_the_architectures() -> None:
             pixels = vae.decode(torch.empty(max(f, 1), 4, h, w, device="meta", dtype=torch.half)).sample
         assert tuple(noise.shape) == shape
         assert tuple(pixels.shape) == (max(f, 1), 3, scenario.height, scenario.width)
-        gpu._drop_fused_projections(unet)
-        assert not any(hasattr(m, "to_qkv") or hasattr(m, "to_kv") for m in unet.modules())
+        assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize(("family", "pipeline", "width"), [
