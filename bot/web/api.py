@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.core import metrics
+from bot.core.inputs import decode_base64, keep_input
 from bot.core.jobs import Job, JobState, Source
 from bot.core.moderation import RequestContext
 from bot.web.auth import ApiCaller
@@ -85,11 +86,18 @@ async def create_video(request: web.Request) -> web.Response:
 async def _create(request: web.Request, *, kind: str) -> web.Response:
     caller = await authorize(request)
     body = await _json_object(request)
-    job = _build_job(request, caller=caller, kind=kind, body=body)
-    # the same rules as /imagine; a REST caller is outside any server, so the bot-wide ones
-    ctx = RequestContext(user_id=caller.user_id, guild_id=None, channel_id=None)
-    await request.app[MODERATOR_KEY].check(ctx, prompt=job.prompt, negative_prompt=job.negative_prompt)
-    submitted = await request.app[QUEUE_KEY].submit(job)
+    _check_body(kind, body)
+    kept = await _keep_image(request, body)
+    try:
+        job = _build_job(request, caller=caller, kind=kind, body=body)
+        # the same rules as /imagine; a REST caller is outside any server, so the bot-wide ones
+        ctx = RequestContext(user_id=caller.user_id, guild_id=None, channel_id=None)
+        await request.app[MODERATOR_KEY].check(ctx, prompt=job.prompt, negative_prompt=job.negative_prompt)
+        submitted = await request.app[QUEUE_KEY].submit(job)
+    except Exception:
+        if kept is not None:  # a refused request keeps nothing of the caller's
+            await asyncio.to_thread(Path(kept).unlink, missing_ok=True)
+        raise
     job = submitted.job
     metrics.API_JOBS_SUBMITTED.labels(key=caller.key_name, kind=kind).inc()
     log.info(
@@ -109,6 +117,18 @@ async def _create(request: web.Request, *, kind: str) -> web.Response:
     payload = job_json(job, live)
     location = request.app.router["get_job"].url_for(job_id=job.id)
     return web.json_response(payload, status=202, headers={"Location": str(location)})
+
+
+async def _keep_image(request: web.Request, body: dict[str, Any]) -> str | None:
+    """A base64 `image` checked and kept under RESULTS_DIR/inputs; the body then names its path."""
+    text = body.get("image")
+    if text is None:
+        return None
+    settings = request.app[SETTINGS_KEY]
+    data = decode_base64(text)
+    path = await asyncio.to_thread(keep_input, settings.results_dir, data, settings.input_limits)
+    body["image"] = path
+    return path
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -148,7 +168,7 @@ def _check_body(kind: str, body: dict[str, Any]) -> None:
         expected = FIELD_TYPES[name]
         if expected == "string":
             ok = isinstance(value, str)
-            if ok and len(value) > MAX_PROMPT_CHARS:  # before cleaning, as the document counts
+            if ok and name != "image" and len(value) > MAX_PROMPT_CHARS:  # before cleaning, as documented
                 raise InvalidRequest(
                     f"{name} is {len(value)} characters long; the most allowed is {MAX_PROMPT_CHARS}."
                 )

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: JSON bodies are small; this caps what a client can make us buffer
+#: JSON parameters are small; this (plus an input picture's cap) bounds what a client makes us buffer
 MAX_BODY_BYTES = 64 * 1024
 
 
@@ -67,7 +67,9 @@ def create_web_app(
     this process. With `register_metrics_listener`, the app adds a `metrics.QueueMetrics`
     listener to the queue at startup so job series are counted exactly once per process.
     """
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    # room for an input picture as base64 (4 characters per 3 bytes) beside the parameters
+    max_body = MAX_BODY_BYTES + settings.input_image_max_bytes * 4 // 3 + 4
+    app = web.Application(middlewares=[error_middleware], client_max_size=max_body)
     app[SETTINGS_KEY] = settings
     app[STORE_KEY] = store
     app[QUEUE_KEY] = queue

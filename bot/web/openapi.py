@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bot.web.keys import REGISTRY_KEY, SETTINGS_KEY
 from generation.models import ModelSpec
-from generation.params import ASPECTS, MAX_PROMPT_CHARS, MAX_SEED
+from generation.params import ASPECTS, MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ FIELD_TYPES: dict[str, str] = {
     "aspect": "string",
     "frames": "integer",
     "fps": "integer",
+    "count": "integer",
+    "strength": "number",
+    "image": "string",
 }
 ASPECT_VALUES = tuple(ASPECTS)
 # at least one character that is neither whitespace nor a control character (those are removed)
@@ -63,7 +66,9 @@ PROMPT_PATTERN = r"[^\s\x00-\x1f\x7f-\x9f]"
 
 def request_fields(kind: str) -> tuple[str, ...]:
     common = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height")
-    return (*common, "aspect") if kind == "image" else (*common, "frames", "fps")
+    return (
+        (*common, "aspect", "count", "image", "strength") if kind == "image" else (*common, "frames", "fps")
+    )
 
 
 def _limits(spec: ModelSpec) -> dict[str, Any]:
@@ -128,6 +133,30 @@ def _request_schema(kind: str, specs: list[ModelSpec], default_id: str | None) -
             "description": "Shape at about the model's default pixel count; "
             "ignored when width or height is given.",
         }
+        props["count"] = _nullable(
+            {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_COUNT,
+                "description": "Images in one job (a grid).",
+            }
+        )
+        props["image"] = _nullable(
+            {
+                "type": "string",
+                "contentEncoding": "base64",
+                "description": "A PNG, JPEG or WebP picture to start from (image-to-image), as base64 "
+                "(a data: URL prefix is allowed); within INPUT_IMAGE_MAX_BYTES and INPUT_IMAGE_MAX_PIXELS.",
+            }
+        )
+        props["strength"] = _nullable(
+            {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "description": "How much of `image` to repaint: 0 keeps it, 1 ignores it (default 0.6).",
+            }
+        )
     else:
         props["frames"] = _nullable({"type": "integer", "description": "Number of frames."})
         props["fps"] = _nullable({"type": "integer", "description": "Frames per second of the MP4."})

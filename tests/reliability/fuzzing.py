@@ -49,7 +49,7 @@ UNCLEAR = re.compile(
     r"Traceback|incident|something went wrong|NoneType|<class |object at 0x|Exception\b|"
     r"\b(Key|Type|Attribute|Index|Value)Error\b"
 )
-MAX_BODY_BYTES = 64 * 1024  # the web app's cap (bot.web.app.MAX_BODY_BYTES)
+MAX_BODY_BYTES = 64 * 1024  # the web app's room for parameters (bot.web.app.MAX_BODY_BYTES)
 #: settings for the fuzzed deployment: no quota or queue cap in the way of the cases, and a short
 #: time limit in case an accepted job is large
 FUZZ_ENV = {

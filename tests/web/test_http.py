@@ -184,7 +184,8 @@ async def test_body_must_be_a_json_object(make_client, stub_queue) -> None:
         "/api/v1/images", data=b"prompt=x", headers={**auth("alice"), "Content-Type": "text/plain"}
     )
     await assert_error(resp, 415, "unsupported_media_type")
-    resp = await client.post("/api/v1/images", data=b"x" * (200 * 1024), headers=headers)
+    # the cap is the parameters' 64 KiB plus an input picture's INPUT_IMAGE_MAX_BYTES (8 MiB) as base64
+    resp = await client.post("/api/v1/images", data=b"x" * (16 * 1024 * 1024), headers=headers)
     await assert_error(resp, 413, "payload_too_large")
 
 
