@@ -108,6 +108,14 @@ def api_schema(live_server: str) -> schemathesis.BaseSchema:
 MAX_EXAMPLES = 20
 
 
+def _without_picture(case: schemathesis.Case) -> schemathesis.Case:
+    """Random base64 is schema-valid but no picture, and rightly refused: valid pictures are
+    tested in tests/web/test_api_inputs.py; here positive cases go without one."""
+    if isinstance(case.body, dict) and case.body.get("image") is not None:
+        case.body = {k: v for k, v in case.body.items() if k != "image"}
+    return case
+
+
 def test_server_matches_its_openapi_document(api_schema: schemathesis.BaseSchema, live_server: str) -> None:
     """Positive and negative cases for every operation, each checked by schemathesis.
 
@@ -119,9 +127,8 @@ def test_server_matches_its_openapi_document(api_schema: schemathesis.BaseSchema
     assert len(operations) >= 10
     for operation in operations:
         label = operation.label
-        strategy = operation.as_strategy(generation_mode=GenerationMode.POSITIVE) | operation.as_strategy(
-            generation_mode=GenerationMode.NEGATIVE
-        )
+        positive = operation.as_strategy(generation_mode=GenerationMode.POSITIVE).map(_without_picture)
+        strategy = positive | operation.as_strategy(generation_mode=GenerationMode.NEGATIVE)
 
         @given(case=strategy)
         @hypothesis_settings(
