@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from generation import failures
+from generation.batching import Batches, batched_request, member_outputs
 from generation.gpu_thread import GPUThread, WorkItem
 from generation.media import (
     DoesNotFit,
@@ -83,6 +84,8 @@ class RunReport:
     #: the pipeline's own split: load, denoise, decode, total
     stages: dict[str, float] = field(default_factory=dict)
     device: str = ""
+    #: members in the pipeline call this run shared (its `gpu_seconds` is its 1/N share)
+    batch_size: int = 1
 
     @property
     def attempts(self) -> int:
@@ -95,6 +98,8 @@ class RunReport:
             found["oom_retries"] = float(self.oom_retries)
         if self.encode_s is not None:
             found["encode_s"] = self.encode_s
+        if self.batch_size > 1:
+            found["batch_size"] = float(self.batch_size)
         return found
 
 
@@ -130,7 +135,10 @@ class Runner:
     ) -> None:
         self._on_done = on_done
         self._on_gpu_done = on_gpu_done
+        self._on_start = on_start
+        self._on_step = on_step
         self._items: dict[str, RunItem] = {}
+        self._batches = Batches()
         self._lock = threading.Lock()
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
         #: the device's thread: its state (busy, restarts, load errors, manager) is the runner's
@@ -139,8 +147,8 @@ class Runner:
             manager_factory=manager_factory,
             job_timeout_s=job_timeout_s,
             step_watchdog_s=step_watchdog_s,
-            on_start=on_start,
-            on_step=on_step,
+            on_start=self._started if on_start is not None else None,
+            on_step=self._stepped if on_step is not None else None,
             on_done=self._gpu_finished,
             on_ready=on_ready,
             name=name,
@@ -170,9 +178,59 @@ class Runner:
                 self._items.pop(item.key, None)
             raise
 
+    def submit_batch(self, items: list[RunItem]) -> str:
+        """Hand over compatible image items as one pipeline call; returns the key the GPU runs it
+        under. Each member still gets its own callbacks and exactly one `on_done`."""
+        if len(items) == 1:
+            self.submit(items[0])
+            return items[0].key
+        key = f"batch:{items[0].key}"
+        request = batched_request([item.request for item in items])
+        limits = [item.timeout_s for item in items if item.timeout_s is not None]
+        batch = RunItem(
+            key=key, request=request, timeout_s=max(limits) if limits else None, job_id=items[0].job_id
+        )
+        with self._lock:
+            self._batches.add(key, items)
+        try:
+            self.submit(batch)
+        except BaseException:
+            with self._lock:
+                self._batches.settle(key)
+            raise
+        return key
+
     def cancel(self, key: str) -> bool:
-        """Stop the run at its next step; False if the GPU does not hold it (or only encodes it)."""
-        return self.gpu.cancel(key)
+        """Stop the run at its next step; False if the GPU does not hold it (or only encodes it).
+
+        A member of a batch leaves it at once (its result, if any, is discarded, and nobody
+        else's waits for it); the call itself stops only when no member is left."""
+        with self._lock:
+            found = self._batches.discard(key)
+            held = found is not None and found[0] in self._items
+        if found is None:
+            return self.gpu.cancel(key)
+        if not held:
+            return False
+        batch_key, empty = found
+        self._finish(RunResult(key=key, status="cancelled", report=RunReport(), error=failures.CANCELLED))
+        if empty:
+            self.gpu.cancel(batch_key)
+        return True
+
+    def _live(self, key: str) -> list[str]:
+        with self._lock:
+            return self._batches.live(key)
+
+    def _started(self, key: str) -> None:
+        assert self._on_start is not None
+        for member in self._live(key):
+            self._call(self._on_start, member)
+
+    def _stepped(self, key: str, info: StepInfo) -> None:
+        assert self._on_step is not None
+        for member in self._live(key):
+            self._call(self._on_step, member, info)
 
     # -- on the GPU (or watchdog) thread ---------------------------------------------------
 
@@ -181,6 +239,11 @@ class Runner:
             item = self._items.pop(outcome.job_id, None)
         if item is None:
             log.warning("run %s: an outcome for an item this runner does not hold", outcome.job_id)
+            return
+        with self._lock:
+            members = self._batches.settle(item.key)
+        if members is not None:
+            self._batch_finished(outcome, *members)
             return
         report = RunReport(
             worker_id=outcome.worker_id,
@@ -207,6 +270,43 @@ class Runner:
             self._encoder.submit(self._encode, item, output, report)
         except RuntimeError as exc:  # the runner is closing: nothing will encode it
             self._finish(_not_saved(item, report, exc))
+
+    def _batch_finished(self, outcome: WorkOutcome, members: list[RunItem], gone: set[str]) -> None:
+        """Each member of a batch gets its own images, encoding and result, and 1/N of its GPU time;
+        a member cancelled meanwhile (`gone`) already had its result."""
+        size = len(members)
+        report = RunReport(
+            worker_id=outcome.worker_id,
+            load_s=outcome.load_s / size,
+            gpu_seconds=outcome.gpu_seconds / size,
+            memory_modes=tuple(outcome.memory_modes),
+            oom_retries=outcome.oom_retries,
+            batch_size=size,
+        )
+        output = outcome.output
+        if outcome.status != "complete" or output is None:
+            for member in (m for m in members if m.key not in gone):
+                self._finish(
+                    RunResult(
+                        key=member.key,
+                        status=outcome.status,
+                        report=report,
+                        error=outcome.error,
+                        exception=outcome.exception,
+                    )
+                )
+            return
+        report = dataclasses.replace(report, stages=dict(output.timings), device=output.device)
+        shares = member_outputs(output, [m.request for m in members])
+        for member, own in zip(members, shares, strict=True):
+            if member.key in gone:
+                continue
+            if self._on_gpu_done is not None:
+                self._call(self._on_gpu_done, member.key)
+            try:
+                self._encoder.submit(self._encode, member, own, report)
+            except RuntimeError as exc:
+                self._finish(_not_saved(member, report, exc))
 
     # -- on the encode thread --------------------------------------------------------------
 
