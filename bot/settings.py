@@ -79,6 +79,10 @@ class Settings(ScaleoutSettings):
     max_tries: int = Field(default=2, ge=1)
     lease_s: float = Field(default=60.0, gt=0)
     progress_edit_interval_s: float = Field(default=2.0, ge=0)
+    # cross-member batching: compatible jobs from the next BATCH_WINDOW places share one call
+    batch_max_images: int = Field(default=4, ge=1)
+    batch_max_videos: int = Field(default=1, ge=1)
+    batch_window: int = Field(default=8, ge=1)
 
     # moderation: words or `re:` patterns refused in every prompt, from every server, DMs and the
     # REST API; each server adds its own with /admin blocklist

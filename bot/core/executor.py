@@ -76,6 +76,8 @@ class WorkerInfo:
     restarts: int = 0
     #: the tuned path per resident model ("sd15: sdpa · fused QKV · channels_last"), for /info
     tuning: str = ""
+    #: jobs sharing the pipeline call it runs now (more than 1: members' requests batched)
+    batch_size: int = 1
 
 
 @runtime_checkable
@@ -132,6 +134,16 @@ def call_sink(sink: ExecutionSink | None, method: str, *args: Any, **kwargs: Any
         getattr(sink, method)(*args, **kwargs)
     except Exception:
         log.exception("executor sink %s failed", method)
+
+
+def count_batch(size: int) -> None:
+    """Count one pipeline call's batch size in /metrics (best effort: metrics may be absent)."""
+    try:
+        from bot.core import metrics
+
+        metrics.BATCH_SIZE.observe(size)
+    except Exception:
+        log.debug("could not count a batch", exc_info=True)
 
 
 def count_oom_retries(model: str, n: int) -> None:

@@ -26,7 +26,7 @@ import bisect
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from bot.core.jobs import Job
@@ -306,3 +306,29 @@ class FairOrder:
     def _turn_key(self, user_id: str, lane: _Lane) -> tuple[float, float, int]:
         arrived, seq = lane.keys[0]
         return (max(self._last_served.get(user_id, -math.inf), arrived), arrived, seq)
+
+
+def batch_companions(
+    head: Job, following: Sequence[Job], *, limit: int, key: Callable[[Job], Hashable | None]
+) -> list[Job]:
+    """Up to `limit` jobs from `following` (the next positions, in fair order) that may share
+    `head`'s pipeline call: the same `key`, never None.
+
+    Fair order holds inside the window: once a member has a job that cannot join, none of that
+    member's later jobs may jump ahead of it; the head always leads.
+    """
+    wanted = key(head)
+    if wanted is None or limit <= 0:
+        return []
+    chosen: list[Job] = []
+    held_back: set[str] = set()
+    for job in following:
+        if len(chosen) >= limit:
+            break
+        if job.user_id in held_back:
+            continue
+        if key(job) == wanted:
+            chosen.append(job)
+        else:
+            held_back.add(job.user_id)
+    return chosen

@@ -24,6 +24,7 @@ from bot.core.executor import (
     PreviewFn,
     WorkerInfo,
     call_sink,
+    count_batch,
     count_oom_retries,
 )
 from bot.core.jobs import Job, JobState, utcnow
@@ -79,6 +80,7 @@ class InProcessExecutor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: Runner | None = None
         self._jobs: dict[str, Job] = {}  # handed over, on the GPU
+        self._run_of: dict[str, str] = {}  # a batched job's id -> the key its batch runs under
         self._finishing: dict[str, Job] = {}  # off the GPU: encoding, then saving
         self._finished = asyncio.Event()
         self._host = socket.gethostname()
@@ -124,7 +126,7 @@ class InProcessExecutor:
         if runner is not None:
             running = runner.gpu.running_job_id
             for job_id in list(self._jobs):
-                if not graceful or job_id != running:
+                if not graceful or self._run_of.get(job_id, job_id) != running:
                     runner.cancel(job_id)  # a job that has not started yet is not waited for
             if not await self._wait_idle(deadline - time.monotonic()):
                 for job_id in list(self._jobs):  # past the deadline: stop at the next step
@@ -159,35 +161,53 @@ class InProcessExecutor:
         runner = self._runner
         if self._stopping or runner is None or not runner.gpu.wait_ready(0):
             return 0
-        if len(self._finishing) >= self.max_encode_backlog or len(self._jobs) > 1:
+        runs = {self._run_of.get(job_id, job_id) for job_id in self._jobs}
+        if len(self._finishing) >= self.max_encode_backlog or len(runs) > 1:
             return 0
-        if not self._jobs:
+        if not runs:
             return 0 if runner.gpu.busy else 1
-        (running,) = self._jobs
+        (running,) = runs
         if running == self._decoding and not runner.gpu.has_waiting:
             return 1  # claim-ahead: the next job waits for the device, not for the store
         return 0
 
     async def execute(self, job: Job) -> None:
+        await self.execute_batch([job])
+
+    async def execute_batch(self, jobs: list[Job]) -> None:
+        """Take claimed jobs that share one pipeline call (the dispatcher chose compatible ones);
+        each still reports on its own."""
         runner = self._runner
         if runner is None or self._sink is None:
             raise RuntimeError("executor not started")
+        by_id = {job.id: job for job in jobs}
+        items = [item for job in jobs if (item := self._run_item(job)) is not None]
+        if not items:
+            return
+        for item in items:
+            self._jobs[item.key] = by_id[item.key]
+        self._idle.clear()
+        key = runner.submit_batch(items)
+        if len(items) > 1:
+            self._run_of.update((item.key, key) for item in items)
+            log.info("jobs %s run as one batch", ", ".join(item.key for item in items))
+        count_batch(len(items))
+
+    def _run_item(self, job: Job) -> RunItem | None:
+        """The runner's item for a job; None (and the job failed) when its parameters are damaged."""
         try:
             request = request_from_dict(job.params)
         except (TypeError, ValueError, KeyError) as exc:
             log.error("job %s: stored parameters cannot be read: %s", job.id, exc)
-            self._sink.job_finished(job.id, Outcome(state=JobState.FAILED, error=failures.DAMAGED))
-            return
-        self._jobs[job.id] = job
-        self._idle.clear()
+            outcome = Outcome(state=JobState.FAILED, error=failures.DAMAGED)
+            call_sink(self._sink, "job_finished", job.id, outcome)
+            return None
         options = EncodeOptions(
             png_metadata=png_metadata(request, job_id=job.id),
             crf=RESULT_CRF,
             unfiltered=job.nsfw_action == NSFW_SPOILER,
         )
-        runner.submit(
-            RunItem(key=job.id, request=request, encode=options, timeout_s=self.settings.job_timeout_s)
-        )
+        return RunItem(key=job.id, request=request, encode=options, timeout_s=self.settings.job_timeout_s)
 
     async def cancel(self, job_id: str) -> bool:
         runner = self._runner
@@ -225,6 +245,7 @@ class InProcessExecutor:
                 alive=gpu.alive,
                 restarts=gpu.restarts,
                 tuning=manager.device_info()["tuning"]["summary"] if manager is not None else "",
+                batch_size=max(1, sum(1 for key in self._run_of.values() if key == gpu.current_job_id)),
             )
         ]
 
@@ -260,13 +281,15 @@ class InProcessExecutor:
 
     def _stepped(self, job_id: str, step: int, total: int, preview: PreviewFn | None) -> None:
         call_sink(self._sink, "job_progress", job_id, step, total, preview)
-        if total and step >= total and job_id in self._jobs and self._decoding != job_id:
-            self._decoding = job_id
+        run = self._run_of.get(job_id, job_id)
+        if total and step >= total and job_id in self._jobs and self._decoding != run:
+            self._decoding = run
             call_sink(self._sink, "slot_free")
 
     def _off_gpu(self, job_id: str) -> Job | None:
         job = self._jobs.pop(job_id, None)
-        if self._decoding == job_id:
+        run = self._run_of.pop(job_id, job_id)
+        if self._decoding == run and run not in self._run_of.values():
             self._decoding = None
         if not self._jobs:
             self._idle.set()

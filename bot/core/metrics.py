@@ -77,6 +77,12 @@ GPU_SECONDS = Histogram(
     buckets=GPU_BUCKETS,
     registry=REGISTRY,
 )
+BATCH_SIZE = Histogram(
+    "imagine_batch_size",
+    "Jobs per pipeline call: 1 alone, more when members' compatible jobs shared one call.",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+    registry=REGISTRY,
+)
 WORKER_BUSY_SECONDS = Counter(
     "imagine_worker_busy_seconds",
     "Seconds the GPU worker spent running jobs; rate() of this is the busy ratio over any window.",

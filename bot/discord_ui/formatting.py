@@ -110,6 +110,11 @@ def parameter_fields(job: Job, *, image: int | None = None) -> list[tuple[str, s
         fields.append(("Frames", f"{p.get('frames')} @ {p.get('fps')} fps"))
     if job.gpu_seconds is not None:
         fields.append(("GPU time", f"{job.gpu_seconds:.1f} s"))
+    batch = int(job.timings.get("batch_size", 1))
+    if batch > 1:
+        fields.append(
+            ("Batched", f"with {batch - 1} other request{'s' if batch > 2 else ''} (GPU time shared)")
+        )
     if image is not None:
         fields.append(("Image", f"{image} of {len(seeds)} from `{short_id(job.id)}`"))
     elif job.parent_id:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from generation.batching import batched_request, compatible_key
 from generation.outputs import StepInfo
-from generation.runner import Runner, RunItem, RunResult
+from generation.runner import RunItem, Runner, RunResult
 from tests.generation.test_pipelines import image_request
 
 log = logging.getLogger(__name__)

@@ -102,6 +102,7 @@ class Member(commands.Cog):
         embed.add_field(name="Worker", value="alive" if health.get("worker_alive") else "down")
         lines = [
             f"`{w.id}` {w.device} · {'busy' if w.busy else 'idle'} · {w.jobs_done} done"
+            + (f" · batch of {w.batch_size}" if w.busy and w.batch_size > 1 else "")
             + (f" · beat {discord.utils.format_dt(w.last_heartbeat, style='R')}" if w.last_heartbeat else "")
             + (f"\n  speed-ups: {w.tuning}" if w.tuning else "")
             for w in health.get("workers") or []
