@@ -49,9 +49,7 @@ def median_time(fn: Callable[[], object], repeats: int = 5) -> tuple[float, list
     return statistics.median(times), times
 
 
-def interleaved_medians(
-    fns: dict[str, Callable[[], object]], repeats: int = 5
-) -> dict[str, float]:
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
     """Median times of several variants run alternately, so drift hits them all alike."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
@@ -62,8 +60,10 @@ def interleaved_medians(
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def emit(name: str, figures: dict[str, Any], *, passed: bool | None, target: str | None) -> dict[str, Any]:
-    """Print the benchmark's JSON line and append it to bench/results/<name>.jsonl."""
+def emit(
+    name: str, figures: dict[str, Any], *, passed: bool | None, target: str | None, record: bool = True
+) -> dict[str, Any]:
+    """Print the benchmark's JSON line and (with `record`) append it to bench/results/<name>.jsonl."""
     line = {
         "name": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -74,6 +74,8 @@ def emit(name: str, figures: dict[str, Any], *, passed: bool | None, target: str
     }
     text = json.dumps(line, sort_keys=False, default=str)
     print(text, flush=True)
+    if not record:
+        return line
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with (RESULTS_DIR / f"{name}.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(text + "\n")
