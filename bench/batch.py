@@ -66,7 +66,7 @@ def image_job(user: str, *, n: int, steps: int, size: int) -> Job:
 @contextlib.asynccontextmanager
 async def tiny_queue(tmp: Path, **overrides: Any) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
     """A started queue with the in-process executor (both tiny twins preloaded) on SQLite."""
-    from bot.core.executor import InProcessExecutor
+    from bot.core.inprocess import InProcessExecutor
     from bot.core.store.sqlite import SQLiteStore
 
     settings = bench_settings(tmp, **overrides)

@@ -54,8 +54,8 @@ class BatchRequest(ImageRequest):
 
 def batched_request(requests: Sequence[GenerationRequest]) -> BatchRequest:
     """One request for a pipeline call over all of `requests` (same model and shape)."""
-    if not requests or not all(type(r) is ImageRequest for r in requests):
-        raise ValueError("only image requests can be batched")
+    if not requests or not all(type(r) is ImageRequest and r.image is None for r in requests):
+        raise ValueError("only text-to-image requests can be batched")
     head = requests[0]
     shape = _shape(head)
     if any(_shape(r) != shape for r in requests[1:]):
