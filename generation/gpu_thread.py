@@ -38,6 +38,7 @@ from typing import Literal
 import torch
 
 from generation import failures
+from generation.batch_oom import run_splitting
 from generation.errors import GenerationCancelled, UserError
 from generation.outputs import StepInfo, WorkOutcome
 from generation.params import GenerationRequest
@@ -390,7 +391,7 @@ class GPUThread:
             t = time.monotonic()
             run.last_activity = run.gen_started = t
             try:
-                output = manager.run(request, on_step=on_step, should_cancel=run.cancelled)
+                output = run_splitting(manager, request, on_step=on_step, should_cancel=run.cancelled)
             except torch.cuda.OutOfMemoryError as exc:
                 # pipelines.run already released the failed run's memory
                 outcome.gpu_seconds += time.monotonic() - t

@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from generation.batching import batched_request, compatible_key
@@ -154,3 +155,33 @@ def test_what_may_share_a_call(tiny_registry):
     assert compatible_key("video", "tiny-video", {**base, "image": "abc"}) is None
     with pytest.raises(ValueError, match="share"):
         batched_request([image_request(tiny_registry), image_request(tiny_registry, width=48)])
+
+
+def test_a_batch_out_of_memory_runs_again_as_halves_in_the_same_memory_mode(
+    runner_and_calls, tiny_registry, pipeline_manager
+):
+    runner, calls = runner_and_calls
+    budget = {"ooms": 1}
+
+    def oom(info: StepInfo) -> None:
+        if budget["ooms"] > 0:
+            budget["ooms"] -= 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    mode = pipeline_manager.memory_mode("tiny-image")
+    pipeline_manager.step_hooks.append(oom)
+    try:
+        requests = [image_request(tiny_registry, seed=s) for s in (1, 2, 3)]
+        runner.submit_batch([RunItem(key=f"m{i}", request=r) for i, r in enumerate(requests)])
+        calls.wait(3)
+    finally:
+        pipeline_manager.step_hooks.remove(oom)
+    assert budget["ooms"] == 0
+    assert {r.status for r in calls.results.values()} == {"complete"}
+    assert pipeline_manager.memory_mode("tiny-image") == mode  # split first, no leaner mode
+    assert all(r.report.oom_retries == 0 and r.report.batch_size == 3 for r in calls.results.values())
+    split = {k: pixels(r) for k, r in calls.results.items()}
+    calls.results.clear()
+    runner.submit(RunItem(key="alone", request=requests[2]))
+    calls.wait(1)
+    assert np.abs(split["m2"] - pixels(calls.results["alone"])).max() <= MAX_PIXEL_DIFF
