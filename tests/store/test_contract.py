@@ -667,3 +667,26 @@ async def test_delete_user_data_removes_kept_input_pictures_but_never_other_path
     assert await store.delete_user_data("gone") == 2
     assert not kept.exists()
     assert elsewhere.exists()  # an input path is only ever one we kept under inputs/
+
+
+async def test_saved_defaults_round_trip_per_scope_owner_and_name(store: Store) -> None:
+    assert await store.get_defaults("member", "u1") is None
+    await store.set_defaults("member", "u1", {"steps": 12, "negative_prompt": "blurry «x»"})
+    await store.set_defaults("member", "u1", {"steps": 14})  # replaced whole
+    await store.set_defaults("channel", "u1", {"aspect": "16:9"})  # same owner id, other scope
+    await store.set_defaults("preset", "u1", {"guidance": 4.5}, name="b look")
+    await store.set_defaults("preset", "u1", {"count": 2}, name="a look")
+    await store.set_defaults("preset", "u2", {"count": 3}, name="a look")
+    assert await store.get_defaults("member", "u1") == {"steps": 14}
+    assert await store.get_defaults("channel", "u1") == {"aspect": "16:9"}
+    assert await store.get_defaults("preset", "u1", "b look") == {"guidance": 4.5}
+    assert list(await store.list_defaults("preset", "u1")) == ["a look", "b look"]
+    assert await store.delete_defaults("preset", "u1", "a look")
+    assert not await store.delete_defaults("preset", "u1", "a look")
+    assert await store.list_defaults("preset", "u1") == {"b look": {"guidance": 4.5}}
+    # a member's deletion request takes their defaults and presets, not a channel's
+    await store.delete_user_data("u1")
+    assert await store.get_defaults("member", "u1") is None
+    assert await store.list_defaults("preset", "u1") == {}
+    assert await store.get_defaults("channel", "u1") == {"aspect": "16:9"}
+    assert await store.list_defaults("preset", "u2") == {"a look": {"count": 3}}

@@ -39,6 +39,7 @@ TABLES = {
     "guild_settings": "guild_id",
     "audit": "id",
     "meta": "key",
+    "defaults": "scope, owner, name",
 }
 
 
@@ -80,6 +81,9 @@ async def populate(store: Store, *, jobs: int = 40) -> None:
         )
     await store.set_meta("costs", {"tiny-image": {"per_step": 0.125}})
     await store.set_meta("announcement", "hello")
+    await store.set_defaults("member", "u0", {"steps": 12, "negative_prompt": "«blurry»"})
+    await store.set_defaults("channel", "c1", {"aspect": "16:9"})
+    await store.set_defaults("preset", "u1", {"guidance": 4.5, "count": 2}, name="my «look» 🎨")
 
 
 def sqlite_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -115,10 +119,11 @@ async def test_sqlite_to_mongo_to_sqlite_gives_identical_rows(tmp_path: Path, mo
         target = await mongo.new_store()
         report = await copy_store(source, target, batch_size=7)
     assert report.copied == report.source_counts == report.target_counts
-    assert report.copied == {"jobs": 40, "users": 3, "guild_settings": 2, "audit": 12, "meta": 2}
+    assert report.copied == {"jobs": 40, "users": 3, "guild_settings": 2, "audit": 12, "meta": 2, "defaults": 3}
     assert await target.user_history("u0", limit=50) == history  # same-time ties keep their order
     assert (await target.get_user("u1")).ban_reason == "spam «links»"
     assert (await target.get_guild_settings("g1")).limits == {"max_steps": 30}
+    assert await target.get_defaults("preset", "u1", "my «look» 🎨") == {"guidance": 4.5, "count": 2}
 
     back = tmp_path / "back.db"
     async with SQLiteStore(path=back) as again:

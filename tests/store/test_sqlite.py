@@ -69,18 +69,19 @@ async def test_a_later_migration_is_applied_once_and_recorded(
     async with SQLiteStore(path=path) as store:
         job = make_job()
         await store.insert_job(job)
+    later = sqlite_schema.SCHEMA_VERSION + 1
     v2 = Migration(
-        version=2,
+        version=later,
         description="test: a column for a later feature",
         statements=("ALTER TABLE jobs ADD COLUMN rating INTEGER",),
     )
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS, v2))
-    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", later)
     async with SQLiteStore(path=path) as store:
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == later
         assert await store.get_job(job.id) is not None  # data kept
     async with SQLiteStore(path=path) as store:  # reopening does not apply it again
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == later
 
 
 async def test_a_database_from_newer_code_is_refused(tmp_path: Path) -> None:

@@ -39,7 +39,11 @@ NSFW_POLICIES: tuple[str, ...] = ("blackout", "spoiler", "refuse")
 FINAL_STATES: frozenset[JobState] = frozenset(s for s in JobState if s.is_final)
 
 #: everything a store keeps, in the order `python -m bot.store migrate` copies it
-COLLECTIONS: tuple[str, ...] = ("jobs", "users", "guild_settings", "audit", "meta")
+COLLECTIONS: tuple[str, ...] = ("jobs", "users", "guild_settings", "audit", "meta", "defaults")
+
+#: whose saved request defaults a record holds (bot.core.defaults): a member's, a channel's or a
+#: guild's (name ""), or one of a member's named presets
+DEFAULT_SCOPES: tuple[str, ...] = ("member", "channel", "guild", "preset")
 
 #: Job fields a caller may change through update_job / finish_job (the id never changes).
 JOB_FIELDS: frozenset[str] = frozenset(f.name for f in fields(Job))
@@ -396,14 +400,31 @@ class Store(ABC):
     async def set_meta(self, key: str, value: Any) -> None:
         """`value` must be JSON-serialisable."""
 
+    # --- saved request defaults (bot.core.defaults): one record per (scope, owner, name)
+
+    @abstractmethod
+    async def get_defaults(self, scope: str, owner: str, name: str = "") -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def set_defaults(self, scope: str, owner: str, values: dict[str, Any], name: str = "") -> None:
+        """Replace the record whole (`values` must be JSON-serialisable)."""
+
+    @abstractmethod
+    async def delete_defaults(self, scope: str, owner: str, name: str = "") -> bool: ...
+
+    @abstractmethod
+    async def list_defaults(self, scope: str, owner: str) -> dict[str, dict[str, Any]]:
+        """name -> values of every record of (scope, owner), by name."""
+
     # --- privacy
 
     @abstractmethod
     async def delete_user_data(self, user_id: str) -> int:
         """Delete a member's requests (not running ones) and their result files; returns the count.
 
-        Usage counters are reset; ban and quota stay (moderation must survive a deletion
-        request), and audit entries stay (they record what admins did).
+        Usage counters are reset and saved defaults and presets deleted; ban and quota stay
+        (moderation must survive a deletion request), and audit entries stay (they record what
+        admins did).
         """
 
     # --- bulk copy between drivers (`python -m bot.store migrate`)

@@ -329,6 +329,18 @@ class BufferedStore(Store):
     async def get_meta(self, key: str) -> Any | None:
         return await self.inner.get_meta(key)
 
+    async def get_defaults(self, scope: str, owner: str, name: str = "") -> dict[str, Any] | None:
+        return await self.inner.get_defaults(scope, owner, name)
+
+    async def set_defaults(self, scope: str, owner: str, values: dict[str, Any], name: str = "") -> None:
+        await self.inner.set_defaults(scope, owner, values, name)  # a member waits for the answer
+
+    async def delete_defaults(self, scope: str, owner: str, name: str = "") -> bool:
+        return await self.inner.delete_defaults(scope, owner, name)
+
+    async def list_defaults(self, scope: str, owner: str) -> dict[str, dict[str, Any]]:
+        return await self.inner.list_defaults(scope, owner)
+
     async def delete_user_data(self, user_id: str) -> int:
         if self._buffer:
             with contextlib.suppress(StoreUnavailable):

@@ -17,6 +17,7 @@ from pymongo import ASCENDING
 from bot.core.jobs import Job
 from bot.core.store.base import AuditEntry, UserRecord, check_collection, scrub_text
 from bot.core.store.mongo.connection import MongoConnection
+from bot.core.store.mongo.defaults import defaults_id
 from bot.core.store.mongo.documents import (
     from_bson_time,
     job_doc,
@@ -34,6 +35,7 @@ _SORT: dict[str, list[tuple[str, int]]] = {
     "guild_settings": [("_id", ASCENDING)],
     "audit": [("at", ASCENDING), ("seq", ASCENDING)],
     "meta": [("_id", ASCENDING)],
+    "defaults": [("_id", ASCENDING)],
 }
 #: the driver's own bookkeeping in `meta`, not a record (the target records its own version)
 _NOT_RECORDS: dict[str, dict[str, Any]] = {"meta": {"_id": {"$ne": SCHEMA_KEY}}}
@@ -52,11 +54,14 @@ def _record(collection: str, doc: Mapping[str, Any]) -> dict[str, Any]:
         data["id"] = doc["_id"]
         data["at"] = from_bson_time(data["at"])
         return AuditEntry.from_dict(data).to_dict()
+    if collection == "defaults":
+        record = {k: doc[k] for k in ("scope", "owner", "name", "values")}
+        return {**record, "updated_at": from_bson_time(doc["updated_at"])}
     return {"key": doc["_id"], "value": doc.get("value")}
 
 
 class MongoBulk(MongoConnection):
-    """`count_records`, `export_records` and `import_records` over the five collections."""
+    """`count_records`, `export_records` and `import_records` over every collection."""
 
     def _collection(self, collection: str) -> Any:
         name = check_collection(collection)
@@ -103,6 +108,14 @@ class MongoBulk(MongoConnection):
             doc["at"] = to_bson_time(entry.at)
             doc["seq"] = self._seq.next()
             return doc
+        if collection == "defaults":
+            name = record.get("name") or ""
+            return {
+                "_id": defaults_id(record["scope"], record["owner"], name),
+                **scrub_text({k: record[k] for k in ("scope", "owner", "values")}),
+                "name": name,
+                "updated_at": to_bson_time(record["updated_at"]),
+            }
         return {"_id": record["key"], "value": scrub_text(record["value"])}
 
     async def import_records(self, collection: str, records: Sequence[dict[str, Any]]) -> None:

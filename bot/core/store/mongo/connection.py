@@ -65,6 +65,7 @@ class MongoConnection(Store):
         self.guilds = self.db.get_collection("guild_settings")
         self.audit = self.db.get_collection("audit")
         self.meta = self.db.get_collection("meta")
+        self.defaults = self.db.get_collection("defaults")
 
     @property
     def owns_client(self) -> bool:

@@ -152,6 +152,7 @@ class MongoModeration(MongoConnection):
             await self.users.update_one(
                 {"_id": user_id}, {"$set": {"jobs_total": 0, "gpu_seconds_total": 0.0}}
             )
+            await self.defaults.delete_many({"scope": {"$in": ["member", "preset"]}, "owner": user_id})
         paths = [d["result_path"] for d in docs if d.get("result_path")]
         paths += input_files((d.get("params") or {}).get("image") for d in docs)
         if paths:

@@ -26,8 +26,13 @@ async def _v1(db: Any) -> None:
     """Collections are created by the first write; the indexes are ensured at every open."""
 
 
+async def _v2(db: Any) -> None:
+    """Saved defaults live in their own collection, created by the first write; its index below."""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs/request log, users, guild settings, audit, meta", _v1),
+    Migration(2, "saved request defaults: member, channel, guild, presets", _v2),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -39,6 +44,7 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
         [("state", ASCENDING), ("lease_expires_at", ASCENDING)],
         [("created_at", ASCENDING)],
     ],
+    "defaults": [[("scope", ASCENDING), ("owner", ASCENDING), ("name", ASCENDING)]],
     "audit": [
         [("at", DESCENDING), ("seq", DESCENDING)],
         [("guild_id", ASCENDING), ("at", DESCENDING)],

@@ -37,6 +37,7 @@ _EXPORT: dict[str, str] = {
     "guild_settings": "SELECT guild_id, data FROM guild_settings ORDER BY guild_id",
     "audit": "SELECT data FROM audit ORDER BY at, rowid",
     "meta": "SELECT key, value FROM meta ORDER BY key",
+    "defaults": "SELECT scope, owner, name, data, updated_at FROM defaults ORDER BY scope, owner, name",
 }
 
 
@@ -55,6 +56,11 @@ _IMPORT: dict[str, str] = {
     "guild_settings": _upsert("guild_settings", ("guild_id", "data"), "guild_id"),
     "audit": _upsert("audit", ("id", "at", "actor_id", "guild_id", "target", "data"), "id"),
     "meta": _upsert("meta", ("key", "value"), "key"),
+    "defaults": (
+        "INSERT INTO defaults (scope, owner, name, data, updated_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (scope, owner, name) DO UPDATE SET "
+        "data = excluded.data, updated_at = excluded.updated_at"
+    ),
 }
 
 
@@ -69,6 +75,15 @@ def _record(collection: str, row: Sequence[Any]) -> dict[str, Any]:
         data = json.loads(row[0])
         data["at"] = from_ms(data["at"])
         return AuditEntry.from_dict(data).to_dict()
+    if collection == "defaults":
+        scope, owner, name, data, updated_at = row
+        return {
+            "scope": scope,
+            "owner": owner,
+            "name": name,
+            "values": json.loads(data),
+            "updated_at": from_ms(updated_at),
+        }
     return {"key": row[0], "value": json.loads(row[1])}
 
 
@@ -86,11 +101,19 @@ def _row(collection: str, record: dict[str, Any]) -> Sequence[Any]:
         data = entry.to_dict()
         data["at"] = to_ms(entry.at)
         return (entry.id, data["at"], entry.actor_id, entry.guild_id, scrub_text(entry.target), dumps(data))
+    if collection == "defaults":
+        return (
+            record["scope"],
+            record["owner"],
+            record.get("name") or "",
+            dumps(record["values"]),
+            to_ms(record["updated_at"]),
+        )
     return (record["key"], dumps(record["value"]))
 
 
 class SQLiteBulk(SQLiteConnection):
-    """`count_records`, `export_records` and `import_records` over the five tables."""
+    """`count_records`, `export_records` and `import_records` over every table."""
 
     async def count_records(self, collection: str) -> int:
         table = check_collection(collection)  # a known name, safe in the statement

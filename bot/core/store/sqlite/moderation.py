@@ -134,6 +134,9 @@ class SQLiteModeration(SQLiteConnection):
         await self._fetch(
             "UPDATE users SET jobs_total = 0, gpu_seconds_total = 0 WHERE user_id = ?", (user_id,)
         )
+        await self._fetch(
+            "DELETE FROM defaults WHERE scope IN ('member', 'preset') AND owner = ?", (user_id,)
+        )
         paths = [p for (p, _) in rows if p] + input_files(image for (_, image) in rows)
         if paths:
             await asyncio.to_thread(remove_files, paths)

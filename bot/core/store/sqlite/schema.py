@@ -79,6 +79,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         ),
     ),
+    Migration(
+        version=2,
+        description="saved request defaults: member, channel, guild, presets",
+        statements=(
+            """CREATE TABLE defaults (
+                scope TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                name TEXT NOT NULL DEFAULT '',
+                data TEXT NOT NULL,
+                updated_at INTEGER NOT NULL,
+                PRIMARY KEY (scope, owner, name)
+            )""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
