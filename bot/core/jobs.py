@@ -87,6 +87,7 @@ class Job:
     bot_permissions: int | None = None  # the bot's permission bits in that channel when it was asked
     nsfw_action: str = "blackout"  # if the safety checker flags it: blackout, spoiler or refuse
     nsfw_detected: bool = False  # the safety checker flagged the result
+    spoiler: bool = False  # the requester's saved default: post the result behind a spoiler
     #: what validation adjusted (a frame count snapped to the model's rule...), as the requester was told
     notes: list[str] = field(default_factory=list)
 

@@ -104,11 +104,13 @@ class Actions:
         kind: str,
         raw: dict[str, Any],
         parent_id: str | None = None,
+        spoiler: bool = False,
     ) -> Job:
         """Build and submit; a kept input picture of a request refused on the way is deleted again."""
         try:
             job = self.build_job(interaction, kind=kind, raw=raw)
             job.parent_id = parent_id
+            job.spoiler = spoiler
             return await self.submit(interaction, job)
         except UserError:
             if raw.get("image"):

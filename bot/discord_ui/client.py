@@ -36,6 +36,7 @@ COGS = (
     "bot.discord_ui.cogs.generate",
     "bot.discord_ui.cogs.queue",
     "bot.discord_ui.cogs.member",
+    "bot.discord_ui.cogs.defaults",
     "bot.discord_ui.cogs.admin",
 )
 NONE = discord.AllowedMentions.none()

@@ -287,7 +287,7 @@ class DiscordDelivery:
 
     async def _post(self, channel: Any, job: Job, *, data: bytes, name: str, link: str | None = None) -> Any:
         # a flagged picture the server shows behind a spoiler must not show in the embed too
-        spoiler = job.nsfw_detected and job.nsfw_action == NSFW_SPOILER
+        spoiler = job.spoiler or (job.nsfw_detected and job.nsfw_action == NSFW_SPOILER)
         file = discord.File(io.BytesIO(data), filename=name, spoiler=spoiler)
         return await channel.send(
             content=f"<@{job.user_id}>",

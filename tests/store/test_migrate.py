@@ -119,7 +119,14 @@ async def test_sqlite_to_mongo_to_sqlite_gives_identical_rows(tmp_path: Path, mo
         target = await mongo.new_store()
         report = await copy_store(source, target, batch_size=7)
     assert report.copied == report.source_counts == report.target_counts
-    assert report.copied == {"jobs": 40, "users": 3, "guild_settings": 2, "audit": 12, "meta": 2, "defaults": 3}
+    assert report.copied == {
+        "jobs": 40,
+        "users": 3,
+        "guild_settings": 2,
+        "audit": 12,
+        "meta": 2,
+        "defaults": 3,
+    }
     assert await target.user_history("u0", limit=50) == history  # same-time ties keep their order
     assert (await target.get_user("u1")).ban_reason == "spam «links»"
     assert (await target.get_guild_settings("g1")).limits == {"max_steps": 30}

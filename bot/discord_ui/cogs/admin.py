@@ -18,6 +18,16 @@ from discord.ext import commands
 
 from bot.core.jobs import utcnow
 from bot.core.moderation import validate_pattern
+from bot.discord_ui.cogs.defaults import (
+    ASPECT_CHOICES,
+    DESCRIBE,
+    CountOpt,
+    GuidanceOpt,
+    NegativeOpt,
+    StepsOpt,
+    describe_values,
+    save_defaults,
+)
 from bot.discord_ui.formatting import EMBED_COLOUR, safe_text
 from generation.errors import InvalidRequest, UserError
 
@@ -191,6 +201,45 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Moderate t
                 "Leave `scope` empty to pause or resume it on this server."
             )
         return True
+
+    @app_commands.command(name="defaults")
+    @app_commands.describe(server="Save for the whole server instead of this channel", **DESCRIBE)
+    @app_commands.choices(aspect=ASPECT_CHOICES)
+    async def defaults(
+        self,
+        interaction: discord.Interaction[Any],
+        server: bool = False,
+        image_model: str | None = None,
+        video_model: str | None = None,
+        aspect: app_commands.Choice[str] | None = None,
+        steps: StepsOpt | None = None,
+        guidance: GuidanceOpt | None = None,
+        negative_prompt: NegativeOpt | None = None,
+        count: CountOpt | None = None,
+        spoiler: bool | None = None,
+        reset: bool = False,
+    ) -> None:
+        """Show or set this channel's (or the server's) defaults; a member's own defaults win."""
+        scope, owner = (
+            ("guild", self._guild(interaction)) if server else ("channel", str(interaction.channel_id))
+        )
+        given = dict(
+            image_model=image_model,
+            video_model=video_model,
+            aspect=aspect,
+            steps=steps,
+            guidance=guidance,
+            negative_prompt=negative_prompt,
+            count=count,
+            spoiler=spoiler,
+        )
+        saved = await save_defaults(self.bot, scope, owner, given, reset=reset)
+        if reset or any(v is not None for v in given.values()):
+            await self.bot.audit(
+                interaction, action="defaults", target=f"{scope}:{owner}", details=saved or {}
+            )
+        where = "the server" if server else f"<#{owner}>"
+        await self._done(interaction, f"Defaults for {where}: {describe_values(saved)}.")
 
     @app_commands.command(name="pause")
     @app_commands.describe(scope=SCOPE_HELP, reason="Why (for the audit log)")

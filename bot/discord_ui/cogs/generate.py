@@ -14,8 +14,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.core.defaults import Who, fill_request, saved_layers
 from bot.discord_ui.attachments import keep_attachment
-from generation.params import ASPECTS, FRAMES_RANGE, aspect_size
+from generation.params import ASPECTS, FRAMES_RANGE
 
 if TYPE_CHECKING:
     from bot.discord_ui.client import ImagineBot
@@ -41,19 +42,34 @@ class Generate(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         return await self._model_autocomplete("video", current)
 
+    async def preset_names(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        names = await self.bot.store.list_defaults("preset", str(interaction.user.id))
+        found = [n for n in names if current.lower() in n.lower()]
+        return [app_commands.Choice(name=n, value=n) for n in found[:25]]
+
     async def _queue(
         self,
         interaction: discord.Interaction[Any],
         *,
         kind: str,
         raw: dict[str, Any],
+        preset: str | None = None,
         image: discord.Attachment | None = None,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        raw = {k: v for k, v in raw.items() if v is not None}
+        who = Who(
+            user_id=str(interaction.user.id),
+            channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+            guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+        )
+        saved = await saved_layers(self.bot.store, who, preset)  # refuses an unknown preset first
+        settings = self.bot.settings
+        raw, spoiler = fill_request(raw, saved, kind=kind, registry=self.bot.registry, settings=settings)
         if image is not None:  # downloaded after the defer: it may take longer than 3 s
             raw["image"] = await keep_attachment(image, self.bot.settings)
-        await self.bot.actions.submit_new(interaction, kind=kind, raw=raw)
+        await self.bot.actions.submit_new(interaction, kind=kind, raw=raw, spoiler=spoiler)
 
     @app_commands.command(name="imagine")
     @app_commands.guild_only()
@@ -70,9 +86,10 @@ class Generate(commands.Cog):
         count="How many images (1-4), posted as one grid with U/V buttons",
         image="A picture to start from (PNG, JPEG or WebP): image-to-image",
         strength="How much of the picture to repaint: 0 keeps it, 1 ignores it (default 0.6)",
+        preset="One of your saved presets (/preset save)",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
-    @app_commands.autocomplete(model=image_models)
+    @app_commands.autocomplete(model=image_models, preset=preset_names)
     async def imagine(
         self,
         interaction: discord.Interaction[Any],
@@ -88,12 +105,9 @@ class Generate(commands.Cog):
         count: app_commands.Range[int, 1, 4] | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        preset: str | None = None,
     ) -> None:
         """Create an image from a text prompt."""
-        if aspect is not None and width is None and height is None:
-            spec = self.bot.registry.get(model or self.bot.settings.image_model)
-            if spec is not None:  # an unknown model is refused by build_job with the choices
-                width, height = aspect_size(aspect.value, spec)
         raw = {
             "prompt": prompt,
             "negative_prompt": negative_prompt,
@@ -105,8 +119,9 @@ class Generate(commands.Cog):
             "model": model,
             "count": count,
             "strength": strength,
+            "aspect": aspect.value if aspect is not None else None,
         }
-        await self._queue(interaction, kind="image", raw=raw, image=image)
+        await self._queue(interaction, kind="image", raw=raw, preset=preset, image=image)
 
     @app_commands.command(name="video")
     @app_commands.guild_only()
@@ -120,8 +135,9 @@ class Generate(commands.Cog):
         fps="Frames per second of the MP4",
         model="Video model",
         image="A picture to animate (PNG, JPEG or WebP; its first frame): uses an image-to-video model",
+        preset="One of your saved presets (/preset save)",
     )
-    @app_commands.autocomplete(model=video_models)
+    @app_commands.autocomplete(model=video_models, preset=preset_names)
     async def video(
         self,
         interaction: discord.Interaction[Any],
@@ -134,6 +150,7 @@ class Generate(commands.Cog):
         fps: app_commands.Range[int, 1, 30] | None = None,
         model: str | None = None,
         image: discord.Attachment | None = None,
+        preset: str | None = None,
     ) -> None:
         """Create a short video clip from a text prompt, or animate a picture."""
         raw = {
@@ -146,7 +163,7 @@ class Generate(commands.Cog):
             "fps": fps,
             "model": model,
         }
-        await self._queue(interaction, kind="video", raw=raw, image=image)
+        await self._queue(interaction, kind="video", raw=raw, preset=preset, image=image)
 
 
 async def setup(bot: ImagineBot) -> None:
