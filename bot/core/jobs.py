@@ -65,7 +65,8 @@ class Job:
     id: str = field(default_factory=new_job_id)
     state: JobState = JobState.QUEUED
     priority: int = 0  # higher first; set from roles in settings
-    parent_id: str | None = None  # the job a reroll came from
+    parent_id: str | None = None  # the result this one was made from (see `lineage`)
+    lineage: str | None = None  # how, in words: rerolled, edited, varied, animated, upscaled
     attempts: int = 0
     max_tries: int = 2
     created_at: datetime = field(default_factory=utcnow)  # queued

@@ -104,12 +104,13 @@ class Actions:
         kind: str,
         raw: dict[str, Any],
         parent_id: str | None = None,
+        lineage: str | None = None,
         spoiler: bool = False,
     ) -> Job:
         """Build and submit; a kept input picture of a request refused on the way is deleted again."""
         try:
             job = self.build_job(interaction, kind=kind, raw=raw)
-            job.parent_id = parent_id
+            job.parent_id, job.lineage = parent_id, lineage
             job.spoiler = spoiler
             return await self.submit(interaction, job)
         except UserError:
@@ -158,7 +159,9 @@ class Actions:
         raw = {k: v for k, v in parent.params.items() if k not in ("seed", "kind")}
         raw["seed"] = random_seed()
         await self._own_input(raw)
-        return await self.submit_new(interaction, kind=parent.kind, raw=raw, parent_id=parent.id)
+        return await self.submit_new(
+            interaction, kind=parent.kind, raw=raw, parent_id=parent.id, lineage="rerolled"
+        )
 
     async def edit(
         self, job_id: str, *, prompt: str, negative_prompt: str, interaction: discord.Interaction[Any]
@@ -171,7 +174,7 @@ class Actions:
         raw.update(prompt=prompt, negative_prompt=negative_prompt or None)
         await self._own_input(raw)
         job = self.build_job(interaction, kind=parent.kind, raw=raw)
-        job.parent_id = parent.id
+        job.parent_id, job.lineage = parent.id, "edited"
         job.notes.append(f"An edit of `{short_id(parent.id)}` with the same seed.")
         return await self.submit(interaction, job)
 
@@ -213,7 +216,9 @@ class Actions:
             keep_result_as_input, settings.results_dir, source, settings.input_limits
         )
         raw = {"prompt": parent.prompt, "negative_prompt": parent.negative_prompt, "image": image}
-        return await self.submit_new(interaction, kind="video", raw=raw, parent_id=parent.id)
+        return await self.submit_new(
+            interaction, kind="video", raw=raw, parent_id=parent.id, lineage="animated"
+        )
 
     async def vary(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> Job:
         """`Vn`: image-to-image from image n with a new seed, the same prompt and count."""
@@ -232,7 +237,7 @@ class Actions:
         job.params["image"] = await asyncio.to_thread(
             keep_result_as_input, settings.results_dir, source, settings.input_limits
         )
-        job.parent_id = parent.id
+        job.parent_id, job.lineage = parent.id, "varied"
         job.notes.append(f"A variation of image {n} of `{short_id(parent.id)}`.")
         return await self.submit(interaction, job)
 

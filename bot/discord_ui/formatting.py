@@ -83,6 +83,27 @@ def final_status(job: Job) -> str:
     return f"{headline(job)}\n{what}\n> {safe_text(job.prompt, 300)}"
 
 
+def message_link(job: Job) -> str | None:
+    """Where a delivered result sits in Discord (a jump link), if it was posted in a server."""
+    if not (job.guild_id and job.channel_id and job.result_message_id):
+        return None
+    return f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.result_message_id}"
+
+
+def lineage_text(job: Job, parent: Job | None) -> str | None:
+    """ "varied from `1a2b3c4d`", the id a jump link to the parent's message where there is one."""
+    if not job.parent_id:
+        return None
+    ref = f"`{short_id(job.parent_id)}`"
+    link = message_link(parent) if parent is not None else None
+    return f"{job.lineage or 'made'} from {f'[{ref}]({link})' if link else ref}"
+
+
+def grid_text(job: Job) -> str | None:
+    count = int((job.params or {}).get("count") or 1)
+    return f"grid of {count}" if job.kind == "image" and count > 1 else None
+
+
 def image_seeds(job: Job) -> list[int]:
     """Each image's seed: consecutive from the request's seed (see `ImageRequest.seeds`)."""
     seed = int(job.seed if job.seed is not None else job.params.get("seed") or 0)

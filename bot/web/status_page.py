@@ -170,6 +170,19 @@ async def _gallery_key(store: Store) -> str:
     return hashlib.sha256(latest[0].id.encode()).hexdigest()[:12] if latest else "empty"
 
 
+async def _lineage(store: Store, publicity: Publicity, job: Job) -> dict[str, Any] | None:
+    """Which result this one was made from, and how; linked only where that one is public too."""
+    if not job.parent_id:
+        return None
+    parent = await store.get_job(job.parent_id)
+    public = parent is not None and await publicity.in_gallery(parent)
+    return {
+        "verb": job.lineage or "made",
+        "short": job.parent_id[:8],
+        "url": f"/gallery/{job.parent_id}" if public else None,
+    }
+
+
 async def _gallery(store: Store, publicity: Publicity) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for job in await store.recent_results(limit=GALLERY_SCAN):
@@ -179,6 +192,8 @@ async def _gallery(store: Store, publicity: Publicity) -> list[dict[str, Any]]:
         extra = None
         if job.kind == "video" and params.get("frames") and params.get("fps"):
             extra = f"{params['frames']} frames @ {params['fps']} fps"
+        elif job.kind == "image" and int(params.get("count") or 1) > 1:
+            extra = f"grid of {params['count']}"
         items.append(
             {
                 "id": job.id,
@@ -191,6 +206,7 @@ async def _gallery(store: Store, publicity: Publicity) -> list[dict[str, Any]]:
                 "url": f"/gallery/{job.id}",
                 "poster_url": f"/gallery/{job.id}/poster",
                 "extra": extra,
+                "lineage": await _lineage(store, publicity, job),
             }
         )
         if len(items) >= GALLERY_SIZE:

@@ -58,6 +58,12 @@ async def test_edit_opens_a_prefilled_form_and_queues_the_new_wording_with_the_s
     assert picture.text["prompt"] == "a blue fox" and picture.text["negative_prompt"] == "dark"
     assert picture.size == (64, 64)
 
+    # /history names the result it was edited from, as a jump link to that message
+    history = await private_reply(await ask(bot, "history", {}, user="erin"))
+    fields = {f["name"].split("`")[1]: f["value"] for f in history.embed["fields"]}
+    original_link = f"https://discord.com/channels/{bot.art.id}/{original.channel_id}/{original.id}"
+    assert f"edited from [`{short}`]({original_link})" in fields[match.group(1)]
+
 
 async def test_an_edit_with_an_empty_prompt_is_refused_privately(running_bot: BotProcess) -> None:
     bot = running_bot
@@ -108,6 +114,8 @@ async def test_settings_and_channel_defaults_apply_to_the_next_imagine_member_fi
     assert (params["steps"], params["guidance"], params["count"]) == (3, 2.5, 2)
     assert params["negative_prompt"] == "murky water"
     assert [c["label"] for c in grid.buttons][:4] == ["U1", "U2", "V1", "V2"]
+    history = await private_reply(await ask(bot, "history", {}, user="grace"))
+    assert "grid of 2" in history.embed["fields"][0]["value"]
     # the request itself beats every default
     short = await queue_job(
         bot, "imagine", {"prompt": "a pier", **TINY, "count": 1}, user="grace", channel="studio"

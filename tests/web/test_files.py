@@ -236,3 +236,47 @@ async def test_poster_from_the_worker_is_preferred(make_client, stub_queue, stor
         await listener.on_finished(job, Result())
     resp = await client.get(f"/gallery/{job.id}/poster")
     assert resp.status == 200 and await resp.read() == b"\xff\xd8\xffworker poster"
+
+
+async def test_the_gallery_shows_grids_and_what_each_result_was_made_from(
+    make_client, stub_queue, store, web_settings
+) -> None:
+    results = Path(web_settings.results_dir)
+
+    def public(name: str, prompt: str):
+        return make_job(
+            result_path=write_test_png(results / f"{name}.png"),
+            user_id="1",
+            source=Source.DISCORD,
+            guild_id="pub",
+            prompt=prompt,
+        )
+
+    grid = public("grid", "four foxes")
+    grid.params["count"] = 4
+    private = make_job(
+        result_path=write_test_png(results / "secret.png"),
+        user_id="2",
+        source=Source.DISCORD,
+        guild_id="priv",
+        prompt="private original",
+    )
+    varied = public("varied", "a varied fox")
+    varied.parent_id, varied.lineage = grid.id, "varied"
+    edited = public("edited", "an edited fox")
+    edited.parent_id, edited.lineage = private.id, "edited"
+    for job in (grid, private, varied, edited):
+        await store.insert_job(job)
+    await store.update_guild_settings("pub", gallery_public=True)
+    client = await make_client(stub_queue)
+
+    page = await (await client.get("/")).text()
+    blocks = {
+        m.group(1): m.group(0) for m in re.finditer(r'<figure data-job="([0-9a-f]+)".*?</figure>', page, re.S)
+    }
+    assert "grid of 4" in blocks[grid.id]
+    assert "varied from" in blocks[varied.id]
+    assert f'<a href="/gallery/{grid.id}">{grid.id[:8]}</a>' in blocks[varied.id]
+    # a private original is named, never linked (its page would be a 404 anyway), nor its prompt shown
+    assert "edited from" in blocks[edited.id] and private.id[:8] in blocks[edited.id]
+    assert f"/gallery/{private.id}" not in page and "private original" not in page

@@ -10,7 +10,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.jobs import Job
-from bot.discord_ui.formatting import EMBED_COLOUR, duration, safe_text, short_id
+from bot.core.store.base import Store
+from bot.discord_ui.formatting import EMBED_COLOUR, duration, grid_text, lineage_text, safe_text, short_id
 from bot.discord_ui.permissions import REQUIRED
 
 if TYPE_CHECKING:
@@ -23,16 +24,30 @@ PAGE_SIZE = 8
 STATE_ICON = {"queued": "⏳", "in_progress": "⚙️", "complete": "✅", "failed": "❌", "cancelled": "🚫"}
 
 
-def history_embed(jobs: list[Job], *, page: int) -> discord.Embed:
+async def parents_of(store: Store, jobs: list[Job]) -> dict[str, Job]:
+    """The results these were made from (for their jump links); at most one page's worth."""
+    found: dict[str, Job] = {}
+    for parent_id in {j.parent_id for j in jobs if j.parent_id}:
+        parent = await store.get_job(parent_id)
+        if parent is not None:
+            found[parent_id] = parent
+    return found
+
+
+def history_embed(jobs: list[Job], *, page: int, parents: dict[str, Job] | None = None) -> discord.Embed:
     embed = discord.Embed(title="Your recent requests", colour=EMBED_COLOUR)
     if not jobs:
         embed.description = "Nothing here yet." if page == 0 else "No older requests."
     for job in jobs:
         when = discord.utils.format_dt(job.created_at, style="R")
         gpu = f" · {job.gpu_seconds:.1f} GPU s" if job.gpu_seconds is not None else ""
+        extra = [
+            t for t in (grid_text(job), lineage_text(job, (parents or {}).get(job.parent_id or ""))) if t
+        ]
         embed.add_field(
             name=f"{STATE_ICON.get(job.state.value, '')} {job.kind} `{short_id(job.id)}` · seed {job.seed}",
-            value=f"{safe_text(job.prompt, 180)}\n{job.model} · {when}{gpu}",
+            value=f"{safe_text(job.prompt, 180)}\n{job.model} · {when}{gpu}"
+            + "".join(f" · {t}" for t in extra),
             inline=False,
         )
     embed.set_footer(text=f"page {page + 1}")
@@ -54,7 +69,9 @@ class HistoryPager(discord.ui.View):
     async def _show(self, interaction: discord.Interaction[Any], page: int) -> None:
         jobs = await self.bot.store.user_history(self.user_id, limit=PAGE_SIZE + 1, offset=page * PAGE_SIZE)
         view = HistoryPager(bot=self.bot, user_id=self.user_id, page=page, has_more=len(jobs) > PAGE_SIZE)
-        await interaction.response.edit_message(embed=history_embed(jobs[:PAGE_SIZE], page=page), view=view)
+        parents = await parents_of(self.bot.store, jobs[:PAGE_SIZE])
+        embed = history_embed(jobs[:PAGE_SIZE], page=page, parents=parents)
+        await interaction.response.edit_message(embed=embed, view=view)
 
     @discord.ui.button(label="Newer", emoji="◀️")
     async def newer(self, interaction: discord.Interaction[Any], button: discord.ui.Button[Any]) -> None:
@@ -76,9 +93,9 @@ class Member(commands.Cog):
         user_id = str(interaction.user.id)
         jobs = await self.bot.store.user_history(user_id, limit=PAGE_SIZE + 1, offset=0)
         view = HistoryPager(bot=self.bot, user_id=user_id, page=0, has_more=len(jobs) > PAGE_SIZE)
-        await interaction.followup.send(
-            embed=history_embed(jobs[:PAGE_SIZE], page=0), view=view, ephemeral=True, allowed_mentions=NONE
-        )
+        parents = await parents_of(self.bot.store, jobs[:PAGE_SIZE])
+        embed = history_embed(jobs[:PAGE_SIZE], page=0, parents=parents)
+        await interaction.followup.send(embed=embed, view=view, ephemeral=True, allowed_mentions=NONE)
 
     @app_commands.command(name="info")
     async def info(self, interaction: discord.Interaction[Any]) -> None:
