@@ -206,11 +206,12 @@ class Runner:
         A member of a batch leaves it at once (its result, if any, is discarded, and nobody
         else's waits for it); the call itself stops only when no member is left."""
         with self._lock:
-            found = self._batches.discard(key)
-            held = found is not None and found[0] in self._items
-        if found is None:
+            batch_key = self._batches.batch_of(key)
+            # a batch no longer held is past its call: its members' results are on their way
+            found = self._batches.discard(key) if batch_key in self._items else None
+        if batch_key is None:
             return self.gpu.cancel(key)
-        if not held:
+        if found is None:
             return False
         batch_key, empty = found
         self._finish(RunResult(key=key, status="cancelled", report=RunReport(), error=failures.CANCELLED))
@@ -235,13 +236,12 @@ class Runner:
     # -- on the GPU (or watchdog) thread ---------------------------------------------------
 
     def _gpu_finished(self, outcome: WorkOutcome) -> None:
-        with self._lock:
+        with self._lock:  # one step, so that a cancel sees the batch either held or settled
             item = self._items.pop(outcome.job_id, None)
+            members = self._batches.settle(item.key) if item is not None else None
         if item is None:
             log.warning("run %s: an outcome for an item this runner does not hold", outcome.job_id)
             return
-        with self._lock:
-            members = self._batches.settle(item.key)
         if members is not None:
             self._batch_finished(outcome, *members)
             return
