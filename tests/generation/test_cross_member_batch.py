@@ -185,3 +185,31 @@ def test_a_batch_out_of_memory_runs_again_as_halves_in_the_same_memory_mode(
     runner.submit(RunItem(key="alone", request=requests[2]))
     calls.wait(1)
     assert np.abs(split["m2"] - pixels(calls.results["alone"])).max() <= MAX_PIXEL_DIFF
+
+
+def test_a_member_cancelled_before_the_call_ends_at_once_and_the_rest_run(
+    runner_and_calls, tiny_registry, pipeline_manager
+):
+    runner, calls = runner_and_calls
+    entered, opened = threading.Event(), threading.Event()
+
+    def hold_the_first_run(info: StepInfo) -> None:
+        if info.total == 4 and not entered.is_set():
+            entered.set()
+            opened.wait(30)
+
+    pipeline_manager.step_hooks.append(hold_the_first_run)
+    try:
+        runner.submit(RunItem(key="ahead", request=image_request(tiny_registry, steps=4)))
+        assert entered.wait(30)
+        requests = [image_request(tiny_registry, seed=s) for s in (1, 2, 3)]
+        runner.submit_batch([RunItem(key=f"m{i}", request=r) for i, r in enumerate(requests)])
+        assert runner.cancel("m1")  # the batch waits behind "ahead": its call has not begun
+        calls.wait(1)
+        assert calls.results["m1"].status == "cancelled" and "ahead" not in calls.results
+    finally:
+        opened.set()
+        pipeline_manager.step_hooks.remove(hold_the_first_run)
+    calls.wait(4)
+    assert calls.results["m0"].status == calls.results["m2"].status == "complete"
+    assert "m1" not in calls.started and "m1" not in calls.steps
