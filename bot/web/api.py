@@ -38,7 +38,7 @@ from bot.web.keys import (
 from bot.web.media import media_type
 from bot.web.openapi import FIELD_TYPES, openapi_handler, request_fields
 from generation.errors import InvalidRequest
-from generation.models import default_model_id, get_spec
+from generation.models import default_model_id, get_spec, image_to_video_spec
 from generation.params import ASPECTS, MAX_PROMPT_CHARS, aspect_size, validate_request
 from generation.phases import JobPhase
 
@@ -197,12 +197,17 @@ def _build_job(request: web.Request, *, caller: ApiCaller, kind: str, body: dict
     settings = request.app[SETTINGS_KEY]
     registry = request.app[REGISTRY_KEY]
     raw = dict(body)
+    picture = raw.get("image") is not None
     model_id = raw.pop("model", None)
     if model_id is None:
-        model_id = default_model_id(settings, kind)  # type: ignore[arg-type]
+        model_id = default_model_id(settings, kind, image=picture)  # type: ignore[arg-type]
     if not isinstance(model_id, str):
         raise InvalidRequest("model must be a model id (text).")
     spec = get_spec(registry, model_id, kind=kind)  # type: ignore[arg-type]
+    notes: list[str] = []
+    if picture and kind == "video" and not spec.takes_image:  # a picture goes to the model's i2v partner
+        spec = image_to_video_spec(registry, spec)
+        notes.append(f"{model_id} animates a picture through {spec.id}")
     aspect = raw.pop("aspect", None)
     if aspect is not None:
         if kind != "image":
@@ -224,7 +229,7 @@ def _build_job(request: web.Request, *, caller: ApiCaller, kind: str, body: dict
         user_name=caller.user_name,
         source=Source.API,
         max_tries=settings.max_tries,
-        notes=list(request_.notes),
+        notes=notes + list(request_.notes),
     )
 
 

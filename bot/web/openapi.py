@@ -31,7 +31,7 @@ async def openapi_handler(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     doc = build_openapi(
         request.app[REGISTRY_KEY],
-        default_ids={"image": settings.image_model, "video": settings.video_model},
+        default_ids={"image": settings.image_model, "video": settings.video_model, "i2v": settings.i2v_model},
         public_url=settings.public_url,
     )
     return web.json_response(doc)
@@ -67,7 +67,9 @@ PROMPT_PATTERN = r"[^\s\x00-\x1f\x7f-\x9f]"
 def request_fields(kind: str) -> tuple[str, ...]:
     common = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height")
     return (
-        (*common, "aspect", "count", "image", "strength") if kind == "image" else (*common, "frames", "fps")
+        (*common, "aspect", "count", "image", "strength")
+        if kind == "image"
+        else (*common, "frames", "fps", "image")
     )
 
 
@@ -89,7 +91,57 @@ def _limits(spec: ModelSpec) -> dict[str, Any]:
     return out
 
 
-def _request_schema(kind: str, specs: list[ModelSpec], default_id: str | None) -> dict[str, Any]:
+def _model_branches(specs: list[ModelSpec], default_id: str | None) -> list[dict[str, Any]]:
+    """One branch per model: the default's accepts a missing model, the others require their id."""
+    branches = []
+    for spec in specs:
+        limits = _limits(spec)
+        if spec.id == default_id:
+            branch = {"properties": {"model": {"enum": [spec.id, None]}, **limits}}
+        else:
+            branch = {"required": ["model"], "properties": {"model": {"const": spec.id}, **limits}}
+        branch["title"] = spec.id + (" (default)" if spec.id == default_id else "")
+        branches.append(branch)
+    return branches
+
+
+NO_IMAGE = {"image": {"type": "null"}}
+AN_IMAGE = {"image": {"type": "string", "contentEncoding": "base64"}}
+
+
+def _video_branches(
+    specs: list[ModelSpec], default_id: str | None, i2v_id: str | None
+) -> list[dict[str, Any]]:
+    """Video branches follow the routing: without `image`, a text-to-video model with its own limits
+    (image-to-video models need one); with `image`, the model that animates it, with that model's
+    limits: the named one, its partner, or I2V_MODEL when none is named."""
+    by_id = {s.id: s for s in specs}
+    branches = []
+    for spec in specs:
+        named = {"model": {"const": spec.id}}
+        if not spec.takes_image:
+            branch = {"required": ["model"], "properties": {**named, **NO_IMAGE, **_limits(spec)}}
+            if spec.id == default_id:
+                branch = {"properties": {"model": {"enum": [spec.id, None]}, **NO_IMAGE, **_limits(spec)}}
+            branches.append({"title": spec.id + " (text)", **branch})
+        animator = spec if spec.takes_image else by_id.get(spec.i2v_model or "")
+        if animator is not None and animator.takes_image:
+            props = {**named, **AN_IMAGE, **_limits(animator)}
+            branches.append(
+                {"title": f"{spec.id} (picture)", "required": ["model", "image"], "properties": props}
+            )
+    default_i2v = by_id.get(i2v_id or "")
+    if default_i2v is not None and default_i2v.takes_image:
+        props = {"model": {"type": "null"}, **AN_IMAGE, **_limits(default_i2v)}
+        branches.append(
+            {"title": f"picture, no model ({default_i2v.id})", "required": ["image"], "properties": props}
+        )
+    return branches
+
+
+def _request_schema(
+    kind: str, specs: list[ModelSpec], default_id: str | None, i2v_id: str | None = None
+) -> dict[str, Any]:
     """Common fields, plus one `anyOf` branch per model with that model's own limits.
 
     Leaving `model` out (or null) selects the default model, so the default's branch accepts a
@@ -160,15 +212,19 @@ def _request_schema(kind: str, specs: list[ModelSpec], default_id: str | None) -
     else:
         props["frames"] = _nullable({"type": "integer", "description": "Number of frames."})
         props["fps"] = _nullable({"type": "integer", "description": "Frames per second of the MP4."})
-    branches = []
-    for spec in specs:
-        limits = _limits(spec)
-        if spec.id == default_id:
-            branch = {"properties": {"model": {"enum": [spec.id, None]}, **limits}}
-        else:
-            branch = {"required": ["model"], "properties": {"model": {"const": spec.id}, **limits}}
-        branch["title"] = spec.id + (" (default)" if spec.id == default_id else "")
-        branches.append(branch)
+        props["image"] = _nullable(
+            {
+                "type": "string",
+                "contentEncoding": "base64",
+                "description": "A PNG, JPEG or WebP picture to animate (its first frame), as base64 (a data: "
+                "URL prefix is allowed); within INPUT_IMAGE_MAX_BYTES and INPUT_IMAGE_MAX_PIXELS. An "
+                "image-to-video model requires it; a text-to-video model given one hands the job to its "
+                "image-to-video partner (with that model's limits); no model: I2V_MODEL.",
+            }
+        )
+    branches = (
+        _model_branches(specs, default_id) if kind == "image" else _video_branches(specs, default_id, i2v_id)
+    )
     schema: dict[str, Any] = {
         "type": "object",
         "required": ["prompt"],
@@ -546,7 +602,9 @@ def build_openapi(
             },
             "schemas": {
                 "ImageRequest": _request_schema("image", image_specs, default_ids.get("image")),
-                "VideoRequest": _request_schema("video", video_specs, default_ids.get("video")),
+                "VideoRequest": _request_schema(
+                    "video", video_specs, default_ids.get("video"), default_ids.get("i2v")
+                ),
                 "Job": job_schema,
                 "Queue": queue_schema,
                 "Health": {
