@@ -142,11 +142,11 @@ class Member(commands.Cog):
             "**/imagine** `prompt` — a picture. Options: negative_prompt, seed, steps, guidance, aspect or "
             "width/height, model.\n"
             "**/video** `prompt` — a short clip (each model has its own frame range). Options: "
-            "negative_prompt, seed, steps, guidance, frames, fps, model.\n"
+            "negative_prompt, seed, steps, guidance, frames, fps, model, image (a picture to animate).\n"
             "**/queue status** — where your jobs are · **/queue cancel** — take one back\n"
             "**/history** — your requests and their seeds · **/info** — models and queue health\n"
             f"You can have {s.max_queued_per_user} jobs waiting at once. The same seed and settings give the "
-            "same result; **Reroll** tries a new seed."
+            "same result; **Reroll** tries a new seed; **Animate** turns a picture into a clip."
         )
         if self.bot.invite_url:
             text += (
