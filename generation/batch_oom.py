@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from typing import Any
-
-import torch
 
 from generation.batching import BatchRequest
 from generation.outputs import GenerationOutput
@@ -24,9 +23,10 @@ def run_splitting(manager: Any, request: GenerationRequest, **kwargs: Any) -> Ge
     """`manager.run(request, **kwargs)`, halving a batch (again and again) while it runs out of memory."""
     try:
         return manager.run(request, **kwargs)
-    except torch.cuda.OutOfMemoryError:
-        if not isinstance(request, BatchRequest) or len(request.batch) < 2:
+    except Exception as exc:
+        if not out_of_memory(exc) or not isinstance(request, BatchRequest) or len(request.batch) < 2:
             raise
+        torch = sys.modules["torch"]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         half = len(request.batch) // 2
@@ -38,6 +38,13 @@ def run_splitting(manager: Any, request: GenerationRequest, **kwargs: Any) -> Ge
         )
         parts = [_part(request, request.batch[:half]), _part(request, request.batch[half:])]
         return _joined(request, [run_splitting(manager, part, **kwargs) for part in parts])
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """torch's out-of-memory error, looked up only where torch is loaded (a worker whose
+    manager runs no torch never imports it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 def _part(request: BatchRequest, samples: tuple[Any, ...]) -> BatchRequest:

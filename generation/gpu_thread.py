@@ -33,17 +33,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from generation import failures
-from generation.batch_oom import run_splitting
+from generation.batch_oom import out_of_memory, run_splitting
 from generation.errors import GenerationCancelled, UserError
 from generation.outputs import StepInfo, WorkOutcome
 from generation.params import GenerationRequest
 from generation.phases import JobPhase
-from generation.pipelines import PipelineManager
+
+if TYPE_CHECKING:
+    from generation.pipelines import PipelineManager
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ class GPUThread:
             raise ValueError("GPUThread needs a manager or a manager_factory")
         if manager_factory is None:
             assert manager is not None
+            from generation.pipelines import PipelineManager
+
             settings, registry = manager.settings, manager.registry
             manager_factory = lambda: PipelineManager(settings, registry)  # noqa: E731
         self._factory = manager_factory
@@ -392,7 +394,9 @@ class GPUThread:
             run.last_activity = run.gen_started = t
             try:
                 output = run_splitting(manager, request, on_step=on_step, should_cancel=run.cancelled)
-            except torch.cuda.OutOfMemoryError as exc:
+            except Exception as exc:
+                if not out_of_memory(exc):
+                    raise
                 # pipelines.run already released the failed run's memory
                 outcome.gpu_seconds += time.monotonic() - t
                 lower = manager.downgrade_memory(request.model)

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -48,7 +49,9 @@ from generation.media import (
 )
 from generation.outputs import GenerationOutput, Status, StepInfo, WorkOutcome
 from generation.params import GenerationRequest
-from generation.pipelines import PipelineManager
+
+if TYPE_CHECKING:  # the manager's module loads torch; a worker may run with another manager
+    from generation.pipelines import PipelineManager
 
 log = logging.getLogger(__name__)
 

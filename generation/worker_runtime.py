@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -32,9 +32,11 @@ from generation.models import build_registry
 from generation.outputs import StepInfo
 from generation.params import GenerationRequest, request_from_dict
 from generation.phases import JobPhase
-from generation.pipelines import PipelineManager
 from generation.runner import RunItem, Runner, RunResult
 from generation.scaleout import EVENTS_MAXLEN, JobPayload, JobReport, Keys, MediaReport, ScaleoutSettings
+
+if TYPE_CHECKING:  # loads torch: imported only when no other manager is given
+    from generation.pipelines import PipelineManager
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ class WorkerRuntime:
         self.pid = os.getpid()
         self.worker_id = f"{settings.worker_name or self.host}:{self.pid}"
         if manager_factory is None:
+            from generation.pipelines import PipelineManager
+
             registry = build_registry(settings)
             manager_factory = lambda: PipelineManager(settings, registry)  # noqa: E731
             if preload is None:

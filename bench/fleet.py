@@ -1,0 +1,267 @@
+"""`python -m bench fleet`: the bot's control plane against a fleet of simulated GPU workers.
+
+The bot side is real and runs in this process: :class:`bot.core.queue.JobQueue` (fair order,
+limits, attempts), a SQLite store and :class:`bot.core.arq_executor.ArqExecutor` on a real
+`redis-server`, with a listener that reads every result file as the Discord delivery does. The
+workers are real arq workers (:mod:`bench.fleet_sim`: `generation.worker`'s GatedWorker,
+WorkerRuntime, Runner and GPU thread) whose "GPU" sleeps ``steps x step_s``; several share one
+host process. Every job is queued before the first worker joins, member by member (a member's
+whole batch, then the next member's: the order a FIFO queue would serve worst).
+
+Figures, over the "backlog" window (every worker busy for the first time → the last job starts):
+
+- ``dispatch_rate_jobs_per_s``: jobs started per second in the window;
+- ``utilisation``: the devices' busy time in the window / (workers x window);
+- ``sched_latency_p95_ms``: a job becomes next when a device frees while jobs wait; its latency
+  runs from that device's last job ending to its next job starting (events to the bot, fair
+  pick, store write, arq hand-over, the worker's poll);
+- ``jain_first_half``: Jain's index over members' served counts among the first half of starts;
+- ``bot_cpu_ms_per_job``: this process's CPU time from the first start to the last delivery,
+  per job (``submit_cpu_ms_per_job``: queueing them, apart).
+
+The sweep repeats a shorter run at other worker counts: the first count whose utilisation falls
+under the target is where the bot stops keeping up.
+
+Target: 32 workers on 2 s jobs kept >= 95 % busy (that is >= 15.2 of the 16 jobs/s they can take)
+and every worker count of the sweep up to 32 kept >= 95 % busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from bench.common import emit
+from bench.queue import DeliveryLike, bench_settings
+from bot.core.jobs import Job
+from bot.core.queue import JobQueue
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_UTILISATION = 0.95
+TARGET_WORKERS = 32
+
+
+def image_job(member: int, n: int, steps: int) -> Job:
+    prompt = f"fleet m{member} j{n}"
+    params = {
+        "kind": "image", "model": "tiny-image", "prompt": prompt, "negative_prompt": None, "seed": n,
+        "steps": steps, "guidance": 7.0, "width": 64, "height": 64,
+    }  # fmt: skip
+    user = f"member{member}"
+    return Job(
+        kind="image", model="tiny-image", prompt=prompt, params=params,
+        user_id=user, user_name=user, channel_id="c1", seed=n,
+    )  # fmt: skip
+
+
+class Fleet:
+    """redis-server and the worker host processes, all stopped on exit."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.hosts: list[subprocess.Popen[bytes]] = []
+
+    def start_redis(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise SystemExit("redis-server is not installed (bash .ci/setup dev installs it)")
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.tmp)]  # fmt: skip
+        self.redis = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+
+    def start_workers(self, count: int, per_host: int, step_s: float, log: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for first in range(0, count, per_host):
+            args = [sys.executable, "-m", "bench.fleet_sim", "--queue-url", self.url, "--first", str(first),
+                    "--count", str(min(per_host, count - first)), "--step-s", str(step_s), "--log", str(log)]  # fmt: skip
+            with (self.tmp / f"host{first}.log").open("ab") as out:
+                self.hosts.append(subprocess.Popen(args, cwd=self.tmp, env=env, stdout=out, stderr=out))
+
+    def stop_workers(self) -> None:
+        for proc in self.hosts:  # the bench reads what the workers logged; nothing else is kept
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        self.hosts.clear()
+
+    def stop(self) -> None:
+        self.stop_workers()
+        if self.redis is not None and self.redis.poll() is None:
+            self.redis.terminate()
+            self.redis.wait(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def bot_side(folder: Path, url: str) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
+    from bot.core.arq_executor import ArqExecutor
+    from bot.core.store.sqlite import SQLiteStore
+
+    folder.mkdir(parents=True)
+    settings = bench_settings(folder, queue_url=url, job_timeout_s=120.0)
+    store = SQLiteStore(path=folder / "bot.db")
+    await store.open()
+    queue = JobQueue(settings=settings, store=store, executor=ArqExecutor(settings=settings))
+    delivery = DeliveryLike(queue)
+    queue.add_listener(delivery)
+    await queue.start()
+    try:
+        yield queue, delivery
+    finally:
+        await queue.stop(graceful=False, timeout_s=10)
+        await store.close()
+
+
+async def run_fleet(tmp: Path, *, workers: int, jobs: int, members: int, steps: int, step_s: float,
+                    per_host: int) -> dict[str, Any]:  # fmt: skip
+    """One run: queue `jobs`, start `workers`, wait for every delivery; the figures."""
+    fleet = Fleet(tmp)
+    log = tmp / "runs.tsv"
+    try:
+        fleet.start_redis()
+        async with bot_side(tmp / "bot", fleet.url) as (queue, delivery):
+            delivery.expected = jobs
+            per_member = math.ceil(jobs / members)
+            cpu0 = time.process_time()
+            for k in range(jobs):
+                await queue.submit(image_job(k // per_member, k, steps))
+            submit_cpu = time.process_time() - cpu0
+            fleet.start_workers(workers, per_host, step_s, log)
+            timeout = 120 + jobs * steps * step_s / workers * 3
+            await asyncio.wait_for(_first_start(delivery), timeout=120)
+            cpu1 = time.process_time()
+            await asyncio.wait_for(delivery.all_done.wait(), timeout=timeout)
+            run_cpu = time.process_time() - cpu1
+            states = Counter(j.state.value for j in delivery.jobs.values())
+        fleet.stop_workers()
+    finally:
+        fleet.stop()
+    if states != {"complete": jobs}:
+        raise RuntimeError(f"not every job completed: {dict(states)}")
+    figures = analyse(log.read_text().splitlines(), workers)
+    figures.update(
+        workers=workers, jobs=jobs, members=members, job_s=round(steps * step_s, 3),
+        bot_cpu_ms_per_job=round(run_cpu / jobs * 1000, 3),
+        submit_cpu_ms_per_job=round(submit_cpu / jobs * 1000, 3),
+    )  # fmt: skip
+    return figures
+
+
+async def _first_start(delivery: DeliveryLike) -> None:
+    while not delivery.started:
+        await asyncio.sleep(0.05)
+
+
+def analyse(lines: list[str], workers: int) -> dict[str, Any]:
+    """Busy time, gaps and fairness from the workers' log (worker, prompt, start, end)."""
+    runs = []
+    for line in lines:
+        worker, prompt, t0, t1 = line.split("\t")
+        runs.append((worker, int(prompt.split()[1][1:]), float(t0), float(t1)))
+    runs.sort(key=lambda r: r[2])
+    first_by_worker: dict[str, float] = {}
+    for worker, _m, t0, _t1 in runs:
+        first_by_worker.setdefault(worker, t0)
+    if len(first_by_worker) < workers:
+        raise RuntimeError(f"only {len(first_by_worker)} of {workers} workers ran a job")
+    start, end = max(first_by_worker.values()), runs[-1][2]
+    window = max(end - start, 1e-9)
+    busy = sum(max(0.0, min(t1, end) - max(t0, start)) for _w, _m, t0, t1 in runs)
+    started = sum(1 for r in runs if start <= r[2] <= end)
+    gaps = []
+    by_worker: dict[str, list[tuple[float, float]]] = {}
+    for worker, _m, t0, t1 in runs:
+        by_worker.setdefault(worker, []).append((t0, t1))
+    for spans in by_worker.values():
+        gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False)]
+    gaps.sort()
+    served = Counter(m for _w, m, _t0, _t1 in runs[: len(runs) // 2])
+    members = {m for _w, m, _t0, _t1 in runs}
+    counts = [served.get(m, 0) for m in members]
+    jain = sum(counts) ** 2 / (len(counts) * sum(c * c for c in counts)) if any(counts) else 0.0
+    return {
+        "window_s": round(window, 3),
+        "dispatch_rate_jobs_per_s": round(started / window, 3),
+        "utilisation": round(busy / (workers * window), 4),
+        "sched_latency_p50_ms": round(statistics.median(gaps) * 1000, 1) if gaps else None,
+        "sched_latency_p95_ms": round(gaps[int(0.95 * (len(gaps) - 1))] * 1000, 1) if gaps else None,
+        "jain_first_half": round(jain, 4),
+    }
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp_name:
+        tmp = Path(tmp_name)
+        shape = {"steps": args.steps, "step_s": args.step_s, "per_host": args.per_host}
+        figures["main"] = await run_fleet(
+            tmp / "main", workers=args.workers, jobs=args.jobs, members=args.members, **shape
+        )
+        sweep = []
+        for n in [int(w) for w in args.sweep.split(",") if w]:
+            jobs = n * args.sweep_rounds
+            sweep.append(
+                await run_fleet(tmp / f"sweep{n}", workers=n, jobs=jobs, members=max(1, jobs // 10), **shape)
+            )
+        figures["sweep"] = sweep
+    short = [s["workers"] for s in figures["sweep"] if s["utilisation"] < TARGET_UTILISATION]
+    figures["keeps_up_until"] = (
+        max((s["workers"] for s in figures["sweep"] if s["workers"] < min(short)), default=0)
+        if short
+        else f">= {max((s['workers'] for s in figures['sweep']), default=args.workers)}"
+    )
+    figures["cores_available"] = len(os.sched_getaffinity(0))
+    return figures
+
+
+def main(argv: list[str]) -> bool:
+    parser = argparse.ArgumentParser(prog="python -m bench fleet")
+    parser.add_argument("--workers", type=int, default=TARGET_WORKERS)
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--members", type=int, default=1_000)
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps per job")
+    parser.add_argument("--step-s", type=float, default=0.1, help="seconds of simulated GPU per step")
+    parser.add_argument("--per-host", type=int, default=16, help="simulated workers per host process")
+    parser.add_argument("--sweep", default="8,16,32,64", help="worker counts for the shorter runs")
+    parser.add_argument("--sweep-rounds", type=int, default=8, help="jobs per worker in a sweep run")
+    args = parser.parse_args(argv)
+    figures = asyncio.run(_run(args))
+    main_run = figures["main"]
+    sweep_ok = all(
+        s["utilisation"] >= TARGET_UTILISATION for s in figures["sweep"] if s["workers"] <= TARGET_WORKERS
+    )
+    passed = main_run["utilisation"] >= TARGET_UTILISATION and sweep_ok
+    target = (
+        f"{args.workers} workers on {args.steps * args.step_s:g} s jobs >= {TARGET_UTILISATION:.0%} busy "
+        f"(>= {TARGET_UTILISATION * args.workers / (args.steps * args.step_s):g} jobs/s); "
+        f"sweep runs up to {TARGET_WORKERS} workers likewise"
+    )
+    emit("fleet", figures, passed=passed, target=target)
+    return passed
