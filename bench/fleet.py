@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import shutil
@@ -101,7 +102,8 @@ class Fleet:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         for first in range(0, count, per_host):
             args = [sys.executable, "-m", "bench.fleet_sim", "--queue-url", self.url, "--first", str(first),
-                    "--count", str(min(per_host, count - first)), "--step-s", str(step_s), "--log", str(log)]  # fmt: skip
+                    "--count", str(min(per_host, count - first)), "--step-s", str(step_s),
+                    "--log", str(log)]  # fmt: skip
             with (self.tmp / f"host{first}.log").open("ab") as out:
                 self.hosts.append(subprocess.Popen(args, cwd=self.tmp, env=env, stdout=out, stderr=out))
 
@@ -120,16 +122,15 @@ class Fleet:
 
 
 @contextlib.asynccontextmanager
-async def bot_side(folder: Path, url: str) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
+async def bot_side(folder: Path, url: str) -> AsyncIterator[tuple[JobQueue, Delivery]]:
     from bot.core.arq_executor import ArqExecutor
     from bot.core.store.sqlite import SQLiteStore
 
-    folder.mkdir(parents=True)
     settings = bench_settings(folder, queue_url=url, job_timeout_s=120.0)
     store = SQLiteStore(path=folder / "bot.db")
     await store.open()
     queue = JobQueue(settings=settings, store=store, executor=ArqExecutor(settings=settings))
-    delivery = DeliveryLike(queue)
+    delivery = Delivery(queue)
     queue.add_listener(delivery)
     await queue.start()
     try:
@@ -143,6 +144,7 @@ async def run_fleet(tmp: Path, *, workers: int, jobs: int, members: int, steps: 
                     per_host: int) -> dict[str, Any]:  # fmt: skip
     """One run: queue `jobs`, start `workers`, wait for every delivery; the figures."""
     fleet = Fleet(tmp)
+    (tmp / "bot").mkdir()
     log = tmp / "runs.tsv"
     try:
         fleet.start_redis()
@@ -155,7 +157,7 @@ async def run_fleet(tmp: Path, *, workers: int, jobs: int, members: int, steps: 
             submit_cpu = time.process_time() - cpu0
             fleet.start_workers(workers, per_host, step_s, log)
             timeout = 120 + jobs * steps * step_s / workers * 3
-            await asyncio.wait_for(_first_start(delivery), timeout=120)
+            await asyncio.wait_for(delivery.first_start.wait(), timeout=120)
             cpu1 = time.process_time()
             await asyncio.wait_for(delivery.all_done.wait(), timeout=timeout)
             run_cpu = time.process_time() - cpu1
@@ -174,9 +176,16 @@ async def run_fleet(tmp: Path, *, workers: int, jobs: int, members: int, steps: 
     return figures
 
 
-async def _first_start(delivery: DeliveryLike) -> None:
-    while not delivery.started:
-        await asyncio.sleep(0.05)
+class Delivery(DeliveryLike):
+    """The bench's delivery, also saying when the first job started."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        super().__init__(queue)
+        self.first_start = asyncio.Event()
+
+    async def on_started(self, job: Job) -> None:
+        await super().on_started(job)
+        self.first_start.set()
 
 
 def analyse(lines: list[str], workers: int) -> dict[str, Any]:
@@ -200,7 +209,7 @@ def analyse(lines: list[str], workers: int) -> dict[str, Any]:
     for worker, _m, t0, t1 in runs:
         by_worker.setdefault(worker, []).append((t0, t1))
     for spans in by_worker.values():
-        gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False)]
+        gaps += [b[0] - a[1] for a, b in itertools.pairwise(spans)]
     gaps.sort()
     served = Counter(m for _w, m, _t0, _t1 in runs[: len(runs) // 2])
     members = {m for _w, m, _t0, _t1 in runs}
