@@ -260,8 +260,16 @@ def main(argv: list[str]) -> bool:
     parser.add_argument("--per-host", type=int, default=16, help="simulated workers per host process")
     parser.add_argument("--sweep", default="8,16,32,64", help="worker counts for the shorter runs")
     parser.add_argument("--sweep-rounds", type=int, default=8, help="jobs per worker in a sweep run")
+    parser.add_argument("--profile", type=Path, help="write cProfile stats of the bot side here")
     args = parser.parse_args(argv)
-    figures = asyncio.run(_run(args))
+    if args.profile is not None:
+        import cProfile
+
+        with cProfile.Profile() as profile:
+            figures = asyncio.run(_run(args))
+        profile.dump_stats(args.profile)
+    else:
+        figures = asyncio.run(_run(args))
     main_run = figures["main"]
     sweep_ok = all(
         s["utilisation"] >= TARGET_UTILISATION for s in figures["sweep"] if s["workers"] <= TARGET_WORKERS

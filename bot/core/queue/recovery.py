@@ -119,7 +119,11 @@ class Recovery:
         for job_id, in_flight in list(state.in_flight.items()):
             if in_flight.phase == JobPhase.CLAIMING:
                 continue
-            if not await state.store.renew_lease(job_id, owner=state.owner_id, lease_expires_at=expires):
+            if await state.store.renew_lease(job_id, owner=state.owner_id, lease_expires_at=expires):
+                continue
+            # a job whose end the store has recorded (its finisher resumes soon) gave the lease up
+            fresh = await state.store.get_job(job_id)
+            if job_id in state.in_flight and (fresh is None or not fresh.state.is_final):
                 log.error("job %s: lease lost (another worker took it over?)", job_id)
         for job in await state.store.expired_leases(now):
             # this process's own expired leases are ends the store refused: the finisher retries them
