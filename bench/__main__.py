@@ -13,7 +13,7 @@ CPU_SUITE = ["encode", "queue", "loop_lag", "burst", "overhead", "batch"]
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
-        names = ", ".join([*CPU_SUITE, "gpu", "fuzz"])
+        names = ", ".join([*CPU_SUITE, "gpu", "fuzz", "scaleout", "fleet"])
         sys.stderr.write(f"usage: python -m bench NAME [args] | all\n  names: {names}\n")
         return 2
     logging.basicConfig(level=logging.WARNING)

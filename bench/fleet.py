@@ -17,7 +17,9 @@ Figures, over the "backlog" window (every worker busy for the first time → the
   pick, store write, arq hand-over, the worker's poll);
 - ``jain_first_half``: Jain's index over members' served counts among the first half of starts;
 - ``bot_cpu_ms_per_job``: this process's CPU time from the first start to the last delivery,
-  per job (``submit_cpu_ms_per_job``: queueing them, apart).
+  per job (``submit_cpu_ms_per_job``: queueing them, apart); ``hosts_cpu_ms_per_job`` and
+  ``redis_cpu_ms_per_job`` the same for the simulated workers' processes and redis-server, which
+  share the machine's cores with the bot.
 
 The sweep repeats a shorter run at other worker counts: the first count whose utilisation falls
 under the target is where the bot stops keeping up.
@@ -107,6 +109,11 @@ class Fleet:
             with (self.tmp / f"host{first}.log").open("ab") as out:
                 self.hosts.append(subprocess.Popen(args, cwd=self.tmp, env=env, stdout=out, stderr=out))
 
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds the worker hosts (together) and redis-server have used so far."""
+        hosts = sum(_proc_cpu_s(p.pid) for p in self.hosts)
+        return {"hosts": hosts, "redis": _proc_cpu_s(self.redis.pid) if self.redis is not None else 0.0}
+
     def stop_workers(self) -> None:
         for proc in self.hosts:  # the bench reads what the workers logged; nothing else is kept
             if proc.poll() is None:
@@ -158,9 +165,9 @@ async def run_fleet(tmp: Path, *, workers: int, jobs: int, members: int, steps: 
             fleet.start_workers(workers, per_host, step_s, log)
             timeout = 120 + jobs * steps * step_s / workers * 3
             await asyncio.wait_for(delivery.first_start.wait(), timeout=120)
-            cpu1 = time.process_time()
+            cpu1, others1 = time.process_time(), fleet.cpu_s()
             await asyncio.wait_for(delivery.all_done.wait(), timeout=timeout)
-            run_cpu = time.process_time() - cpu1
+            run_cpu, others2 = time.process_time() - cpu1, fleet.cpu_s()
             states = Counter(j.state.value for j in delivery.jobs.values())
         fleet.stop_workers()
     finally:
@@ -172,8 +179,19 @@ async def run_fleet(tmp: Path, *, workers: int, jobs: int, members: int, steps: 
         workers=workers, jobs=jobs, members=members, job_s=round(steps * step_s, 3),
         bot_cpu_ms_per_job=round(run_cpu / jobs * 1000, 3),
         submit_cpu_ms_per_job=round(submit_cpu / jobs * 1000, 3),
+        hosts_cpu_ms_per_job=round((others2["hosts"] - others1["hosts"]) / jobs * 1000, 3),
+        redis_cpu_ms_per_job=round((others2["redis"] - others1["redis"]) / jobs * 1000, 3),
     )  # fmt: skip
     return figures
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a live child process, from /proc (0 where unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Delivery(DeliveryLike):
