@@ -38,6 +38,7 @@ TINY_MODELS = (
     "tiny-wan-i2v",
     "tiny-ltx",
     "tiny-cogvideox",
+    "tiny-upscale",
 )
 _MARKER = "tiny-build.json"
 #: building seeds torch's global RNG: two builds in one process must not interleave
@@ -286,6 +287,8 @@ def build_tiny_pipeline(model_id: str) -> Any:
         return TextToVideoSDPipeline(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler()
         )
+    if model_id == "tiny-upscale":
+        return tiny_families.build_upscale(tokenizer=tokenizer, text_encoder=text_encoder)
     if model_id == "tiny-sdxl":
         return tiny_families.build_sdxl(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae)
     raise ValueError(f"no tiny twin named {model_id!r}")

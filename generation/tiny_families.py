@@ -279,3 +279,55 @@ def build_sdxl(*, tokenizer: Any, text_encoder: Any, vae: Any) -> Any:
         ),
         add_watermarker=False,
     )
+
+
+def build_upscale(*, tokenizer: Any, text_encoder: Any) -> Any:
+    """The x4 upscaler's layout: a 3-block VAE (4x, scaling 0.08333) whose latent is the size of the
+    low-resolution picture, and a UNet that reads 4 latent + 3 picture channels and embeds the
+    noise level added to the picture as a class label."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+
+    torch.manual_seed(SEED)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.08333,
+    ).eval()
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=7,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        num_class_embeds=1000,
+    ).eval()
+    schedule = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "scaled_linear"}
+    return StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(**schedule),
+        scheduler=DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        max_noise_level=350,
+    )

@@ -32,6 +32,7 @@ FINGERPRINTS = {
     "tiny-wan-i2v": {"transformer": 2854.2387, "vae": 4258.4958, "text_encoder": 5278.5612},
     "tiny-ltx": {"transformer": 2632.1944, "vae": 3392.8655, "text_encoder": 4906.2880},
     "tiny-cogvideox": {"transformer": 1753.7693, "vae": 2936.4286, "text_encoder": 4906.2880},
+    "tiny-upscale": {"unet": 140020.4539, "vae": 3327.2085, "text_encoder": 2287.3059},
 }
 
 
