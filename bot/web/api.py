@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.core import metrics
+from bot.core.defaults import Who, fill_request, saved_layers
 from bot.core.inputs import decode_base64, keep_input
 from bot.core.jobs import Job, JobState, Source
 from bot.core.moderation import RequestContext
@@ -87,6 +88,10 @@ async def _create(request: web.Request, *, kind: str) -> web.Response:
     caller = await authorize(request)
     body = await _json_object(request)
     _check_body(kind, body)
+    who = Who(user_id=caller.user_id)  # the key owner's own defaults and presets
+    saved = await saved_layers(request.app[STORE_KEY], who, body.pop("preset", None))
+    settings, registry = request.app[SETTINGS_KEY], request.app[REGISTRY_KEY]
+    body, _ = fill_request(body, saved, kind=kind, registry=registry, settings=settings)
     kept = await _keep_image(request, body)
     try:
         job = _build_job(request, caller=caller, kind=kind, body=body)

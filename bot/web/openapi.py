@@ -58,6 +58,7 @@ FIELD_TYPES: dict[str, str] = {
     "count": "integer",
     "strength": "number",
     "image": "string",
+    "preset": "string",
 }
 ASPECT_VALUES = tuple(ASPECTS)
 # at least one character that is neither whitespace nor a control character (those are removed)
@@ -65,7 +66,7 @@ PROMPT_PATTERN = r"[^\s\x00-\x1f\x7f-\x9f]"
 
 
 def request_fields(kind: str) -> tuple[str, ...]:
-    common = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height")
+    common = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height", "preset")
     return (
         (*common, "aspect", "count", "image", "strength")
         if kind == "image"
@@ -179,6 +180,14 @@ def _request_schema(
         "width": _nullable({"type": "integer", "multipleOf": 8}),
         "height": _nullable({"type": "integer", "multipleOf": 8}),
     }
+    props["preset"] = _nullable(
+        {
+            "type": "string",
+            "maxLength": 32,
+            "description": "One of the presets of this key's owner (user id `api:<key name>`): its saved "
+            "options fill in what the request leaves out, after the owner's own defaults.",
+        }
+    )
     if kind == "image":
         props["aspect"] = {
             "enum": [*ASPECT_VALUES, None],

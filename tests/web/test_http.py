@@ -162,6 +162,27 @@ async def test_aspect_picks_a_shape_within_the_model_limits(make_client, stub_qu
     assert params["width"] > params["height"] and params["width"] % 8 == 0 and params["height"] % 8 == 0
 
 
+async def test_a_preset_of_the_key_owner_fills_in_what_the_request_leaves_out(
+    make_client, stub_queue, store
+) -> None:
+    await store.set_defaults("member", "api:alice", {"steps": 3, "negative_prompt": "fog"})
+    await store.set_defaults("preset", "api:alice", {"steps": 4, "count": 2}, name="pair")
+    await store.set_defaults("preset", "api:bob", {"steps": 9}, name="other")
+    client = await make_client(stub_queue)
+    body = {"prompt": "x", "width": 64, "height": 64, "preset": "pair"}
+    resp = await client.post("/api/v1/images", json=body, headers=auth("alice"))
+    assert resp.status == 202
+    params = (await resp.json())["params"]
+    assert (params["steps"], params["count"], params["negative_prompt"]) == (4, 2, "fog")
+    # the request wins over the preset; another key's presets are not this key's
+    resp = await client.post("/api/v1/images", json={**body, "steps": 2}, headers=auth("alice"))
+    assert (await resp.json())["params"]["steps"] == 2
+    resp = await client.post("/api/v1/images", json={**body, "preset": "other"}, headers=auth("alice"))
+    error = await assert_error(resp, 400, "invalid_request")
+    assert "no preset named" in error["message"]
+    assert len(stub_queue.queued) == 2
+
+
 async def test_unknown_or_wrong_kind_model_is_400(make_client, stub_queue) -> None:
     client = await make_client(stub_queue)
     resp = await client.post("/api/v1/images", json={"prompt": "x", "model": "nope"}, headers=auth("alice"))
