@@ -353,6 +353,26 @@ async def test_cuda_oom_retries_in_a_leaner_memory_mode_and_the_worker_survives(
     assert (await rec.finished(after.job.id)).state is JobState.COMPLETE
 
 
+async def test_out_of_time_while_retrying_after_an_oom_names_the_memory_and_what_to_try(
+    sqlite_store: Store, start_queue, tiny_registry, isolated_pipeline_manager: PipelineManager, hooks
+) -> None:
+    ooms = {"left": 1}
+
+    def oom_then_crawl(info: StepInfo) -> None:
+        if ooms["left"] > 0:
+            ooms["left"] -= 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        time.sleep(0.05)  # the leaner mode is slow: 40 steps take 2 s, past the 0.5 s limit
+
+    hooks(oom_then_crawl, isolated_pipeline_manager)
+    queue, rec = await start_queue(sqlite_store, manager=isolated_pipeline_manager, job_timeout_s=0.5)
+    job = await queue.submit(make_job(tiny_registry, "alice", steps=40))
+    ended = await rec.finished(job.job.id)
+    assert ended.state is JobState.FAILED and ended.timings.get("oom_retries") == 1
+    error = ended.error or ""
+    assert "ran out of memory" in error and "time limit" in error and "Try a smaller size" in error, error
+
+
 async def test_restart_recovers_orphans_and_redelivers_only_undelivered_results(
     sqlite_store: Store, start_queue, tiny_registry
 ) -> None:
