@@ -309,6 +309,25 @@ REAL_MODELS: tuple[ModelSpec, ...] = (
         license="CogVideoX License (commercial use needs registration)",
         description="CogVideoX 5B image-to-video, 720x480, 49 frames at 8 fps",
     ),
+    ModelSpec(
+        id="sd-x4-upscaler",
+        repo_id="stabilityai/stable-diffusion-x4-upscaler",
+        pipeline="StableDiffusionUpscalePipeline",
+        kind="upscale",
+        # the sizes are the source picture's: the result is four times them
+        default_width=512,
+        default_height=512,
+        max_width=1024,
+        max_height=1024,
+        default_steps=20,
+        max_steps=75,
+        default_guidance=9.0,
+        vram_full_gib=6.0,
+        vram_offload_gib=4.0,
+        vram_sequential_gib=2.5,
+        license="openrail++",
+        description="Stable Diffusion x4 upscaler: a picture four times wider and taller",
+    ),
 )
 
 _TINY = {
@@ -438,6 +457,20 @@ TINY_MODELS: tuple[ModelSpec, ...] = (
         min_frames=5,
         max_frames=17,
         description="random-weight CogVideoX twin (T5, CogVideoX VAE and transformer)",
+    ),
+    ModelSpec(
+        id="tiny-upscale",
+        repo_id=TINY_REPO_PREFIX + "tiny-upscale",
+        pipeline="StableDiffusionUpscalePipeline",
+        kind="upscale",
+        **_TINY,
+        default_width=64,
+        default_height=64,
+        max_width=512,
+        max_height=512,
+        min_width=16,
+        min_height=16,
+        description="random-weight x4 upscaler twin (7-channel UNet, 3-block VAE)",
     ),
 )
 

@@ -88,6 +88,8 @@ def default_model_id(settings: GenerationSettings, kind: Kind, *, image: bool = 
     for a video from a picture)."""
     if kind == "image":
         return settings.image_model
+    if kind == "upscale":
+        return settings.upscale_model
     return settings.i2v_model if image else settings.video_model
 
 

@@ -142,6 +142,18 @@ class VideoRequest:
         return self.frames / self.fps
 
 
+@dataclass(frozen=True, kw_only=True)
+class UpscaleRequest(ImageRequest):
+    """A validated upscale of one picture (`image`, `width` x `height` as read); an `ImageRequest` to
+    the runner, which hands the upscaler the picture and the prompt that describes it."""
+
+    kind: ClassVar[Literal["upscale"]] = "upscale"  # type: ignore[assignment]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UpscaleRequest:
+        return cls(**_fields_from_dict(cls, data))
+
+
 GenerationRequest = ImageRequest | VideoRequest
 
 
@@ -183,6 +195,8 @@ def request_from_dict(data: Mapping[str, Any]) -> GenerationRequest:
         return ImageRequest.from_dict(data)
     if kind == "video":
         return VideoRequest.from_dict(data)
+    if kind == "upscale":
+        return UpscaleRequest.from_dict(data)
     raise ValueError(f"stored request has unknown kind {kind!r}")
 
 
@@ -295,8 +309,8 @@ def random_seed() -> int:
 
 def _known_values(kind: str, raw: Mapping[str, Any], spec: ModelSpec) -> dict[str, Any]:
     """The request's own parameters under their canonical names; unknown ones are refused."""
-    if kind not in ("image", "video"):
-        raise InvalidRequest(f"kind must be 'image' or 'video', not {kind!r}.")
+    if kind not in ("image", "video", "upscale"):
+        raise InvalidRequest(f"kind must be 'image', 'video' or 'upscale', not {kind!r}.")
     if spec.kind != kind:
         raise InvalidRequest(f"model {spec.id!r} makes {spec.kind}s; choose {_article(kind)} model.")
     model = raw.get("model")
@@ -306,8 +320,8 @@ def _known_values(kind: str, raw: Mapping[str, Any], spec: ModelSpec) -> dict[st
     allowed = {"prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height"}
     if kind == "image":
         allowed |= {"count", "image", "strength"}
-    if kind == "video":
-        allowed |= {"frames", "fps", "image"}
+    if kind in ("video", "upscale"):
+        allowed |= {"frames", "fps", "image"} if kind == "video" else {"image"}
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise InvalidRequest(
@@ -388,6 +402,10 @@ def validate_request(
         count = _int(values.get("count", default_count), name="count", lo=1, hi=MAX_COUNT)
         image, strength = _image_input(values, common["steps"])
         return ImageRequest(**common, count=count, image=image, strength=strength, notes=tuple(notes))
+    if kind == "upscale":
+        if not values.get("image"):
+            raise InvalidRequest("An upscale needs the picture to upscale.")
+        return UpscaleRequest(**common, image=os.fspath(values["image"]), notes=tuple(notes))
     return VideoRequest(
         **common,
         frames=_frames(values.get("frames", spec.default_frames), spec, notes),

@@ -315,7 +315,8 @@ class PipelineManager:
         # video pipelines decode every frame in one VAE batch: slice it whatever the mode
         if (spec.kind == "video" or mode != "full") and hasattr(vae, "enable_slicing"):
             vae.enable_slicing()
-        if mode.startswith("sequential") and hasattr(vae, "enable_tiling"):
+        # an upscaler decodes at several times the source size: tile it whatever the mode
+        if (mode.startswith("sequential") or spec.kind == "upscale") and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()
             if mode == "sequential_lowvae" and hasattr(vae, "tile_sample_min_size"):
                 factor = 2 ** (len(vae.config.block_out_channels) - 1)

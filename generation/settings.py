@@ -86,6 +86,8 @@ class GenerationSettings(LogSettings):
     video_model: str = "damo"
     # animates a picture when the request names no model (the lightest verified image-to-video one)
     i2v_model: str = "ltx-i2v"
+    # what `Upscale` and the `Upscale` message command run (a model of kind "upscale")
+    upscale_model: str = "sd-x4-upscaler"
     # extra models by configuration, no code: a JSON object of model id -> spec fields,
     # e.g. {"sdxl-turbo": {"repo_id": "stabilityai/sdxl-turbo", "pipeline": "AutoPipelineForText2Image",
     #        "kind": "image", "default_width": 512, "default_height": 512}}

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["image", "video"]
+#: "upscale": a picture in, the same picture larger out (never offered as text-to-image)
+Kind = Literal["image", "video", "upscale"]
 
 #: prefix of the repo id of a locally built tiny twin (see `generation.tiny`)
 TINY_REPO_PREFIX = "local/"
@@ -98,8 +99,8 @@ class ModelSpec:
 
     def _range_problems(self) -> list[str]:
         problems = []
-        if self.kind not in ("image", "video"):
-            problems.append(f"kind must be 'image' or 'video', not {self.kind!r}")
+        if self.kind not in ("image", "video", "upscale"):
+            problems.append(f"kind must be 'image', 'video' or 'upscale', not {self.kind!r}")
         for lo, default, hi, name in (
             (self.min_width, self.default_width, self.max_width, "width"),
             (self.min_height, self.default_height, self.max_height, "height"),

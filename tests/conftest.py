@@ -116,6 +116,7 @@ def make_tiny_settings(cache_dir: Path, **overrides: object) -> GenerationSettin
         "image_model": "tiny-image",
         "video_model": "tiny-video",
         "i2v_model": "tiny-wan-i2v",
+        "upscale_model": "tiny-upscale",
         "hf_token": None,
         "hf_offline": True,
         "safety_checker": False,

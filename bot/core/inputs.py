@@ -107,6 +107,12 @@ def keep_result_as_input(results_dir: str | Path, result: str | Path, limits: In
     return keep_input(results_dir, data, limits)
 
 
+def picture_size(path: str | Path) -> tuple[int, int]:
+    """Width and height of a kept (already checked) input picture."""
+    with Image.open(path) as picture:
+        return picture.size
+
+
 def decode_base64(text: str, *, name: str = "image") -> bytes:
     """A picture sent as base64 text (a `data:image/...;base64,` prefix is allowed)."""
     if text.startswith("data:"):

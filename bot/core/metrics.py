@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-KINDS = ("image", "video")
+KINDS = ("image", "video", "upscale")
 FINAL_STATES = ("complete", "failed", "cancelled")
 
 # Queue waits range from ~0 (idle worker) to tens of minutes (a long video queue).

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.core.inputs import keep_result_as_input
+from bot.core.inputs import keep_result_as_input, picture_size
 from bot.core.jobs import Job, Source
 from bot.core.moderation import RequestContext
 from bot.core.queue import NotAllowed
@@ -218,6 +218,32 @@ class Actions:
         raw = {"prompt": parent.prompt, "negative_prompt": parent.negative_prompt, "image": image}
         return await self.submit_new(
             interaction, kind="video", raw=raw, parent_id=parent.id, lineage="animated"
+        )
+
+    async def upscale(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> Job:
+        """`Upscale`: image n of a result, copied into the inputs folder, upscaled by `UPSCALE_MODEL`."""
+        parent = await self.bot.store.get_job(job_id)
+        if parent is None or parent.kind != "image" or not parent.result_path or n > parent.units:
+            raise InvalidRequest("That picture is gone, so it cannot be upscaled.")
+        source = Path(parent.result_path)
+        if parent.units > 1:
+            source = part_path(source, parent.id, n)
+        settings = self.bot.settings
+        image = await asyncio.to_thread(
+            keep_result_as_input, settings.results_dir, source, settings.input_limits
+        )
+        return await self.submit_upscale(
+            interaction, image=image, prompt=parent.prompt, parent_id=parent.id
+        )
+
+    async def submit_upscale(
+        self, interaction: discord.Interaction[Any], *, image: str, prompt: str, parent_id: str | None = None
+    ) -> Job:
+        """Queue an upscale of a kept input picture at its own size (the result is the model's factor)."""
+        width, height = await asyncio.to_thread(picture_size, image)
+        raw = {"prompt": prompt, "image": image, "width": width, "height": height}
+        return await self.submit_new(
+            interaction, kind="upscale", raw=raw, parent_id=parent_id, lineage="upscaled"
         )
 
     async def vary(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> Job:

@@ -140,6 +140,8 @@ def parameter_fields(job: Job, *, image: int | None = None) -> list[tuple[str, s
         fields.append(("Image", f"{image} of {len(seeds)} from `{short_id(job.id)}`"))
     elif job.parent_id:
         label = "Variation of" if p.get("image") else "Reroll of"
+        if job.kind == "upscale":
+            label = "Upscaled from"
         fields.append((label, f"`{short_id(job.parent_id)}`"))
     return fields
 

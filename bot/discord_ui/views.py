@@ -1,5 +1,5 @@
-"""Buttons on status and result messages: Cancel, Reroll, Edit, Delete, Animate, and U1..U4 / V1..V4
-on a grid.
+"""Buttons on status and result messages: Cancel, Reroll, Edit, Delete, Animate, Upscale, and
+U1..U4 / V1..V4 on a grid.
 
 They are `DynamicItem`s: the job id lives in the fixed-shape `custom_id`
 (`job:<action>:<job id>`), so a button clicked after a restart is still routed here and
@@ -210,6 +210,28 @@ class AnimateButton(_ImageButton, template=r"job:animate(?P<n>[1-4]):" + JOB_ID)
         await _bot(interaction).actions.animate(self.job_id, self.n, interaction=interaction)
 
 
+class UpscaleButton(_ImageButton, template=r"job:upscale(?P<n>[1-4]):" + JOB_ID):
+    """`Upscale`: an upscale job (`UPSCALE_MODEL`) of image n, on a single-image result or a `Un` post."""
+
+    action = "upscale"
+    label = "Upscale"
+    style = discord.ButtonStyle.secondary
+
+    def __init__(self, job_id: str, n: int = 1, row: int | None = None) -> None:
+        self.job_id, self.n = job_id, n
+        discord.ui.DynamicItem.__init__(
+            self,
+            discord.ui.Button(
+                label=self.label, emoji="🔍", style=self.style, custom_id=f"job:{self.action}{n}:{job_id}"
+            ),
+            row=row,
+        )
+
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await _bot(interaction).actions.upscale(self.job_id, self.n, interaction=interaction)
+
+
 def status_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
@@ -217,7 +239,8 @@ def status_view(job_id: str) -> discord.ui.View:
 
 
 def result_view(job_id: str, *, count: int = 1, kind: str = "image", image: int = 1) -> discord.ui.View:
-    """Reroll and Delete, and Animate on an image (image `image` of the job: 1 for a grid);
+    """Reroll, Edit and Delete, and Animate on an image (image `image` of the job: 1 for a grid) and
+    Upscale on a single one;
     a grid of `count` images also gets U1..Un and V1..Vn, a row each (Discord allows five
     buttons to a row and five rows)."""
     view = discord.ui.View(timeout=None)
@@ -232,6 +255,8 @@ def result_view(job_id: str, *, count: int = 1, kind: str = "image", image: int 
     view.add_item(DeleteButton(job_id).with_row(row))
     if kind == "image":
         view.add_item(AnimateButton(job_id, image, row=row))
+        if count == 1:  # a grid is upscaled one image at a time, from its `Un` post
+            view.add_item(UpscaleButton(job_id, image, row=row))
     return view
 
 
@@ -243,4 +268,5 @@ DYNAMIC_ITEMS: tuple[type[_JobButton], ...] = (
     PickButton,
     VaryButton,
     AnimateButton,
+    UpscaleButton,
 )

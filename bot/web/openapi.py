@@ -488,7 +488,7 @@ def build_openapi(
         ],
         "properties": {
             "id": {"type": "string"},
-            "kind": {"type": "string", "enum": ["image", "video"]},
+            "kind": {"type": "string", "enum": ["image", "video", "upscale"]},
             "model": {"type": "string"},
             "state": {"type": "string", "enum": ["queued", "in_progress", "complete", "failed", "cancelled"]},
             "prompt": {"type": "string"},

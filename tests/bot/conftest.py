@@ -88,6 +88,7 @@ def bot_env(discord: FakeDiscord, workdir: Path, model_cache: Path, web_port: in
             "IMAGE_MODEL": "tiny-image",
             "VIDEO_MODEL": "tiny-video",
             "I2V_MODEL": "tiny-wan-i2v",
+            "UPSCALE_MODEL": "tiny-upscale",
             "MODEL_CACHE_DIR": str(model_cache),
             "HF_HUB_OFFLINE": "1",
             "DEVICE": "cpu",

@@ -99,7 +99,7 @@ async def test_animate_on_an_image_result_delivers_an_mp4_with_its_prompt(runnin
     short = await queue_job(bot, "imagine", {"prompt": "a red kite", **TINY, "seed": 4}, user="dave")
     image_message = await result_message(bot, short)
     job_id = job_id_of(image_message)
-    assert [c["label"] for c in image_message.buttons] == ["Reroll", "Edit", "Delete", "Animate"]
+    assert [c["label"] for c in image_message.buttons] == ["Reroll", "Edit", "Delete", "Animate", "Upscale"]
 
     click = await bot.discord.click(image_message, f"job:animate1:{job_id}", user=bot.members["erin"])
     reply = await private_reply(click)

@@ -37,7 +37,7 @@ async def test_edit_opens_a_prefilled_form_and_queues_the_new_wording_with_the_s
     short = await queue_job(bot, "imagine", options, user="erin")
     original = await result_message(bot, short)
     job_id = job_id_of(original)
-    assert [c["label"] for c in original.buttons] == ["Reroll", "Edit", "Delete", "Animate"]
+    assert [c["label"] for c in original.buttons] == ["Reroll", "Edit", "Delete", "Animate", "Upscale"]
 
     click = await bot.discord.click(original, f"job:edit:{job_id}", user=bot.members["erin"])
     form = await click.wait_for_response()

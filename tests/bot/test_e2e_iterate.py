@@ -81,7 +81,7 @@ async def test_count_four_posts_one_grid_and_u2_posts_image_two_alone_without_a_
     assert picture.size == (64, 64)
     assert picture.text["seed"] == "501"
     assert {f["name"]: f["value"] for f in alone.embed["fields"]}["Seed"] == "501"
-    assert labels(alone) == ["Reroll", "Edit", "Delete", "Animate"]
+    assert labels(alone) == ["Reroll", "Edit", "Delete", "Animate", "Upscale"]
     assert f"job:animate2:{job_id}" in [c["custom_id"] for c in alone.buttons]  # animates image 2
     assert alone.pings().users == {bot.members["bob"].user.id}
     # the same pixels as tile 2 of the grid (top right): no new generation
@@ -166,3 +166,22 @@ async def test_a_strength_over_one_is_refused_before_the_bot_sees_it(running_bot
     with pytest.raises(Exception, match="strength"):
         await ask(bot, "imagine", {"prompt": "x", **TINY, "strength": 2}, user="carol")
     assert jobs_stored(bot) == jobs_before
+
+
+async def test_upscale_on_a_single_image_posts_a_four_times_larger_png_upscaled_from_it(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    short = await queue_job(bot, "imagine", {"prompt": "a lighthouse", **TINY, "seed": 9}, user="alice")
+    original = await result_message(bot, short)
+    job_id = job_id_of(original)
+    assert f"job:upscale1:{job_id}" in [c["custom_id"] for c in original.buttons]
+    click = await bot.discord.click(original, f"job:upscale1:{job_id}", user=bot.members["bob"])
+    reply = await private_reply(click)
+    upscaled = await result_message(bot, QUEUED.search(reply.content).group(1))
+    picture = Image.open(io.BytesIO(upscaled.attachment.data))
+    assert picture.format == "PNG" and picture.size == (4 * 64, 4 * 64)  # the tiny twin's VAE is x4
+    fields = {f["name"]: f["value"] for f in upscaled.embed["fields"]}
+    assert fields["Model"] == "tiny-upscale" and fields["Upscaled from"] == f"`{short}`"
+    assert "Upscale" not in labels(upscaled) and "Animate" not in labels(upscaled)
+    assert upscaled.pings().users == {bot.members["bob"].user.id}
