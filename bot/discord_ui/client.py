@@ -38,6 +38,7 @@ COGS = (
     "bot.discord_ui.cogs.member",
     "bot.discord_ui.cogs.defaults",
     "bot.discord_ui.cogs.admin",
+    "bot.discord_ui.cogs.upscale",
 )
 NONE = discord.AllowedMentions.none()
 MAX_MESSAGE_CHARS = 2000

@@ -185,3 +185,19 @@ async def test_upscale_on_a_single_image_posts_a_four_times_larger_png_upscaled_
     assert fields["Model"] == "tiny-upscale" and fields["Upscaled from"] == f"`{short}`"
     assert "Upscale" not in labels(upscaled) and "Animate" not in labels(upscaled)
     assert upscaled.pings().users == {bot.members["bob"].user.id}
+
+
+async def test_the_upscale_message_command_downloads_the_picture_and_upscales_it(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    assert bot.discord.command("Upscale")["type"] == 3  # a message command, accepted by the fake's checks
+    short = await queue_job(bot, "imagine", {"prompt": "a harbour", **TINY, "seed": 4}, user="carol")
+    original = await result_message(bot, short)
+    inputs_before = len(inputs_kept(bot))
+    interaction = await bot.discord.invoke_message_command("Upscale", original, user=bot.members["dave"])
+    reply = await private_reply(interaction)
+    upscaled = await result_message(bot, QUEUED.search(reply.content).group(1))
+    assert Image.open(io.BytesIO(upscaled.attachment.data)).size == (256, 256)
+    assert {f["name"]: f["value"] for f in upscaled.embed["fields"]}["Model"] == "tiny-upscale"
+    assert len(inputs_kept(bot)) == inputs_before + 1  # downloaded and kept like any input

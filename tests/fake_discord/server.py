@@ -350,6 +350,29 @@ class FakeDiscord:
             InteractionType.APPLICATION_COMMAND, data, target_guild, target_channel, member, person, locale
         )
 
+    async def invoke_message_command(
+        self, name: str, message: FakeMessage, *, user: UserLike = None
+    ) -> FakeInteraction:
+        """A member runs the message context-menu command `name` on `message` (Apps > name)."""
+        channel = self.state.channel(message.channel_id)
+        assert channel is not None
+        target_guild = self.state.guild(channel.guild_id)
+        member = self._member(target_guild, user) if target_guild else None
+        person = member.user if member else self._user(user)
+        definition = find_command(self.state, name, target_guild.id if target_guild else None, 3)
+        check_allowed(definition, target_guild, member)
+        payload = message.to_payload(http_base=self.http_base, application_id=self.application_id)
+        data = {
+            "id": definition["id"],
+            "name": definition["name"],
+            "type": 3,
+            "target_id": str(message.id),
+            "resolved": {"messages": {str(message.id): payload}},
+        }
+        return await self._dispatch_interaction(
+            InteractionType.APPLICATION_COMMAND, data, target_guild, channel, member, person, "en-US"
+        )
+
     async def autocomplete(
         self,
         command: str,
