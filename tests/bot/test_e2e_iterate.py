@@ -201,3 +201,29 @@ async def test_the_upscale_message_command_downloads_the_picture_and_upscales_it
     assert Image.open(io.BytesIO(upscaled.attachment.data)).size == (256, 256)
     assert {f["name"]: f["value"] for f in upscaled.embed["fields"]}["Model"] == "tiny-upscale"
     assert len(inputs_kept(bot)) == inputs_before + 1  # downloaded and kept like any input
+
+
+async def test_the_upscale_message_command_on_a_message_without_a_picture_is_refused_privately(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    await queue_job(bot, "imagine", {"prompt": "a quay", **TINY, "seed": 6}, user="carol")
+    text_only = next(m for m in bot.discord.messages() if not m.attachments and not m.deleted)
+    jobs_before = jobs_stored(bot)
+    interaction = await bot.discord.invoke_message_command("Upscale", text_only, user=bot.members["dave"])
+    reply = await private_reply(interaction)
+    assert "no picture to upscale" in reply.content and "Traceback" not in reply.content
+    assert jobs_stored(bot) == jobs_before
+
+
+async def test_the_upscaler_is_not_offered_or_accepted_as_a_text_to_image_model(
+    running_bot: BotProcess,
+) -> None:
+    bot = running_bot
+    suggestions = await bot.discord.autocomplete("imagine", {"model": "tiny"}, focused="model", user="carol")
+    offered = [c["value"] for c in (await suggestions.wait_for_response()).choices]
+    assert "tiny-image" in offered and "tiny-upscale" not in offered
+    jobs_before = jobs_stored(bot)
+    interaction = await ask(bot, "imagine", {"prompt": "x", **TINY, "model": "tiny-upscale"}, user="carol")
+    assert "makes upscales" in (await private_reply(interaction)).content
+    assert jobs_stored(bot) == jobs_before
