@@ -117,6 +117,10 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+#: a lead payload's companions in a batch: [{"arq_id": …, "payload": JobPayload dict}]
+BATCH_FIELD = "batch"
+
+
 @dataclass(frozen=True)
 class JobPayload:
     """What the bot hands a worker: the stored request plus what only the bot knows."""
@@ -222,6 +226,8 @@ class JobReport:
     oom_retries: int = 0
     memory_modes: list[str] = field(default_factory=list)
     media: dict[str, Any] | None = None
+    #: members in the pipeline call the job shared (more than 1: run batched with other members' jobs)
+    batch_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -33,7 +33,16 @@ from generation.outputs import StepInfo
 from generation.params import GenerationRequest, request_from_dict
 from generation.phases import JobPhase
 from generation.runner import RunItem, Runner, RunResult
-from generation.scaleout import EVENTS_MAXLEN, JobPayload, JobReport, Keys, MediaReport, ScaleoutSettings
+from generation.scaleout import (
+    BATCH_FIELD,
+    EVENTS_MAXLEN,
+    JobPayload,
+    JobReport,
+    Keys,
+    MediaReport,
+    ScaleoutSettings,
+)
+from generation.worker_batch import run_batch
 
 if TYPE_CHECKING:  # loads torch: imported only when no other manager is given
     from generation.pipelines import PipelineManager
@@ -103,6 +112,7 @@ class WorkerRuntime:
         self._beat_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._redis_warned = False
+        self.redis_down = REDIS_DOWN
 
     # -- the gate (called by GatedWorker) ----------------------------------------------------
 
@@ -198,11 +208,10 @@ class WorkerRuntime:
         """
         runner = self.runner
         assert runner is not None and self._loop is not None
+        if raw.get(BATCH_FIELD):
+            return await run_batch(self, arq_id, raw)
         try:
-            payload = JobPayload.from_dict(raw)
-            request = request_from_dict(payload.request)
-            if payload.image_data is not None:
-                request = await asyncio.to_thread(self.place_input, payload, request)
+            payload, item = await self.prepare(arq_id, raw)
         except (TypeError, ValueError, KeyError) as exc:
             self.release(arq_id)
             log.error("job %s: payload cannot be read: %s", arq_id, exc)
@@ -212,15 +221,6 @@ class WorkerRuntime:
         await self._safe(self.beat())  # the bot sees at once who holds the job
         done: asyncio.Future[RunResult] = self._loop.create_future()
         self._done[arq_id] = done
-        options = EncodeOptions(
-            png_metadata=payload.png_metadata,
-            crf=payload.video_crf,
-            preset=payload.video_preset,
-            unfiltered=payload.unfiltered,
-        )
-        item = RunItem(
-            key=arq_id, request=request, encode=options, timeout_s=payload.timeout_s, job_id=payload.job_id
-        )
         try:
             runner.submit(item)
         except Exception:
@@ -232,6 +232,23 @@ class WorkerRuntime:
         result = await self._wait(arq_id, done)
         await self._gpu_released(arq_id)
         return await self._report(payload, result)
+
+    async def prepare(self, arq_id: str, raw: dict[str, Any]) -> tuple[JobPayload, RunItem]:
+        """The payload read back and the runner's item for it (the input picture placed on disk)."""
+        payload = JobPayload.from_dict(raw)
+        request = request_from_dict(payload.request)
+        if payload.image_data is not None:
+            request = await asyncio.to_thread(self.place_input, payload, request)
+        options = EncodeOptions(
+            png_metadata=payload.png_metadata,
+            crf=payload.video_crf,
+            preset=payload.video_preset,
+            unfiltered=payload.unfiltered,
+        )
+        item = RunItem(
+            key=arq_id, request=request, encode=options, timeout_s=payload.timeout_s, job_id=payload.job_id
+        )
+        return payload, item
 
     async def _wait(self, arq_id: str, done: asyncio.Future[RunResult]) -> RunResult:
         """The run's result; a cancel (abort, shutdown) stops it at the next step first."""
@@ -272,6 +289,7 @@ class WorkerRuntime:
             encode_s=round(run.encode_s or 0.0, 4),
             oom_retries=run.oom_retries,
             memory_modes=list(run.memory_modes),
+            batch_size=run.batch_size,
         )
         if result.status != "complete" or result.encoded is None:
             if result.exception is not None and result.status == "failed":
@@ -403,6 +421,7 @@ class WorkerRuntime:
             "busy": int(bool(gpu is not None and gpu.busy)),
             "job": self.job_ids.get(running or "", ""),
             "jobs": ",".join(self.jobs),
+            "batch": sum(1 for phase in self.jobs.values() if phase == JobPhase.RUNNING),
             "jobs_done": self.jobs_done,
             "restarts": gpu.restarts if gpu is not None else 0,
             "models": ",".join(manager.loaded_models()) if manager is not None else "",
@@ -449,6 +468,15 @@ class WorkerRuntime:
             await coro
         except REDIS_DOWN as exc:
             log.warning("worker %s: a report to Redis was lost (%s)", self.worker_id, exc)
+
+    @property
+    def done_futures(self) -> dict[str, asyncio.Future[RunResult]]:
+        """The runs this worker waits for, by arq id (a batch's companions included)."""
+        return self._done
+
+    def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` beside the job (a batch's companions end after their lead returns)."""
+        self._spawn(coro)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(self._safe(coro))

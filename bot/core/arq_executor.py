@@ -36,16 +36,17 @@ from arq.connections import create_pool
 from bot.core.arq_handoff import REDIS_DOWN, HandedJob, arq_job_id, as_text
 from bot.core.arq_transfer import ResultTransfer
 from bot.core.arq_watch import WorkerWatch
-from bot.core.executor import RESULT_CRF, ExecutionSink, Outcome
+from bot.core.executor import RESULT_CRF, ExecutionSink, Outcome, count_batch
 from bot.core.jobs import Job, JobState
 from bot.core.moderation import NSFW_SPOILER
 from generation import failures
 from generation.media import png_metadata
 from generation.phases import JobPhase
-from generation.scaleout import JobPayload, redis_settings
+from generation.scaleout import BATCH_FIELD, JobPayload, redis_settings
 
 log = logging.getLogger(__name__)
 
+_ON_GPU = (JobPhase.ENQUEUED, JobPhase.RUNNING)
 #: how long start() waits for Redis before leaving it to the monitor loop
 START_CONNECT_S = 3.0
 
@@ -91,7 +92,7 @@ class ArqExecutor(WorkerWatch, ResultTransfer):
         for h in list(self._handed.values()):
             if h.phase == JobPhase.ENQUEUED and not h.collecting:
                 with contextlib.suppress(*REDIS_DOWN):
-                    if h.in_redis and not await self._withdraw(h.arq_id):
+                    if h.in_redis and not await self._withdraw(h.lead or h.arq_id):
                         continue
                 self._forget(h)
                 lost.append(h.job.id)
@@ -118,20 +119,47 @@ class ArqExecutor(WorkerWatch, ResultTransfer):
     def free_slots(self) -> int:
         if self._stopping or self.redis is None:
             return 0
-        busy = sum(1 for h in self._handed.values() if h.phase in (JobPhase.ENQUEUED, JobPhase.RUNNING))
+        # a batch's members share one arq job and one worker
+        busy = len({h.lead or h.arq_id for h in self._handed.values() if h.phase in _ON_GPU})
         return max(0, len(self._workers) - busy)
 
     async def execute(self, job: Job) -> None:
-        from generation.params import request_from_dict
+        await self.execute_batch([job])
 
+    async def execute_batch(self, jobs: list[Job]) -> None:
+        """Hand compatible claimed jobs to one worker for one pipeline call: the first is the arq
+        job and carries the others' payloads; each still reports, cancels and re-runs on its own."""
         if self._sink is None or self.redis is None:
             raise RuntimeError("executor not started")
+        handed = [h for job in jobs if (h := await self._handed_job(job)) is not None]
+        if not handed:
+            return
+        lead, companions = handed[0], handed[1:]
+        if companions:
+            lead.payload[BATCH_FIELD] = [{"arq_id": c.arq_id, "payload": c.payload} for c in companions]
+            for c in companions:
+                c.lead, c.in_redis = lead.arq_id, True
+            log.info("jobs %s go to one worker as one batch", ", ".join(h.job.id for h in handed))
+        count_batch(len(handed))
+        for h in handed:
+            if h.job.id in self._handed:
+                log.warning("job %s handed over twice; keeping the newer dispatch", h.job.id)
+                self._forget(self._handed[h.job.id])
+            self._handed[h.job.id] = h
+            self._by_arq[h.arq_id] = h.job.id
+        await self._enqueue(lead)
+
+    async def _handed_job(self, job: Job) -> HandedJob | None:
+        """The job's payload for a worker; None (and the job failed) when its parameters are damaged."""
+        from generation.params import request_from_dict
+
+        assert self._sink is not None
         try:
             request = request_from_dict(job.params)
         except (TypeError, ValueError, KeyError) as exc:
             log.error("job %s: stored parameters cannot be read: %s", job.id, exc)
             self._sink.job_finished(job.id, Outcome(state=JobState.FAILED, error=failures.DAMAGED))
-            return
+            return None
         payload = JobPayload(
             job_id=job.id,
             request=dict(job.params),
@@ -142,13 +170,7 @@ class ArqExecutor(WorkerWatch, ResultTransfer):
             unfiltered=job.nsfw_action == NSFW_SPOILER,
             **await _input_picture(request),
         )
-        h = HandedJob(job=job, arq_id=arq_job_id(job), payload=payload.to_dict())
-        if job.id in self._handed:
-            log.warning("job %s handed over twice; keeping the newer dispatch", job.id)
-            self._forget(self._handed[job.id])
-        self._handed[job.id] = h
-        self._by_arq[h.arq_id] = job.id
-        await self._enqueue(h)
+        return HandedJob(job=job, arq_id=arq_job_id(job), payload=payload.to_dict())
 
     async def cancel(self, job_id: str) -> bool:
         h = self._handed.get(job_id)

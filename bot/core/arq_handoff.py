@@ -70,6 +70,8 @@ class HandedJob:
     bad_since: float | None = None
     cancel: bool = False
     cancel_sent: bool = False
+    #: the arq id of the batch's lead job that carries this companion to its worker
+    lead: str | None = None
     step: int = -1
     pseq: str = ""
     handed_mono: float = field(default_factory=time.monotonic)
@@ -136,6 +138,9 @@ class ArqHandoff:
         h.in_redis = True
 
     async def _send_cancel(self, h: HandedJob) -> None:
+        if h.lead is not None:
+            await self._cancel_companion(h)
+            return
         try:
             if not h.in_redis or (h.phase == JobPhase.ENQUEUED and await self._withdraw(h.arq_id)):
                 await self._finish(
@@ -148,6 +153,18 @@ class ArqHandoff:
             h.cancel_sent = True
         except REDIS_DOWN as exc:
             log.warning("job %s: cancel not delivered yet (%s); retrying", h.job.id, exc)
+
+    async def _cancel_companion(self, h: HandedJob) -> None:
+        """A batch's companion is no arq job: its worker reads the abort set and drops it from
+        the call; one its worker has not started ends here at once."""
+        try:
+            await self._redis().zadd(abort_jobs_ss, {h.arq_id: int(time.time() * 1000)})
+        except REDIS_DOWN as exc:
+            log.warning("job %s: cancel not delivered yet (%s); retrying", h.job.id, exc)
+            return
+        h.cancel_sent = True
+        if h.phase == JobPhase.ENQUEUED:
+            await self._finish(h, Outcome(state=JobState.CANCELLED, error=failures.CANCELLED_BEFORE_START))
 
     async def _withdraw(self, arq_id: str) -> bool:
         """Take a job back from arq's queue if no worker started it; False if one did (or it ended)."""

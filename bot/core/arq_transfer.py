@@ -141,6 +141,8 @@ class ResultTransfer(ArqHandoff):
             return Outcome(state=JobState.FAILED, error=failures.CRASHED.format(job_id=job.id))
         report = JobReport.from_dict(value)
         timings = {"load_s": report.load_s, "generate_s": report.gpu_seconds, "encode_s": report.encode_s}
+        if report.batch_size > 1:
+            timings["batch_size"] = float(report.batch_size)
         if report.oom_retries:
             timings["oom_retries"] = float(report.oom_retries)
             count_oom_retries(job.model, report.oom_retries)

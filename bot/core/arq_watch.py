@@ -94,9 +94,10 @@ class WorkerWatch(ArqHandoff):
             return
         async with redis.pipeline(transaction=False) as pipe:
             for h in handed:
-                pipe.exists(job_key_prefix + h.arq_id)
+                carrier = h.lead or h.arq_id  # a batch's companion travels inside its lead's arq job
+                pipe.exists(job_key_prefix + carrier)
                 pipe.exists(result_key_prefix + h.arq_id)
-                pipe.exists(in_progress_key_prefix + h.arq_id)
+                pipe.exists(in_progress_key_prefix + carrier)
                 pipe.hget(self.keys.run(h.arq_id), "worker")
             answers = await pipe.execute()
         for i, h in enumerate(handed):
@@ -144,8 +145,8 @@ class WorkerWatch(ArqHandoff):
             h.bad_since = now
         if not stable or now - h.bad_since < self.settings.heartbeat_ttl_s:
             return
-        if in_progress:
-            # a worker took it but no live worker holds it: that worker is gone
+        if in_progress or h.lead is not None:
+            # a worker took it (or its batch's lead ended without it) and no live worker holds it
             await self._worker_lost(h, worker or "unknown")
             return
         # Redis forgot the job and nobody is running it: the same dispatch goes back into arq
@@ -274,4 +275,5 @@ def _worker_info(beat: dict[str, Any]) -> WorkerInfo:
         alive=True,
         restarts=as_int(beat.get("restarts")),
         tuning=str(beat.get("tuning") or ""),
+        batch_size=max(1, as_int(beat.get("batch"))),
     )
