@@ -88,6 +88,9 @@ async def test_burst_from_three_users_is_shared_by_both_workers_in_fair_order(
     bot: Bot, cluster: Cluster, tiny_registry: dict[str, ModelSpec]
 ) -> None:
     queue, rec = bot.queue, bot.recorder
+    # one job per pipeline call: this story is the fair order across workers (bob's two images
+    # would rightly share a call and start early; batches on workers are tests/scaleout/test_batch.py)
+    bot.settings.batch_max_images = 1
     assert len(bot.executor.workers()) == 2 and bot.executor.free_slots() == 2
     # both GPUs busy, so the burst waits in the scheduler, where fairness is decided
     blockers = [
