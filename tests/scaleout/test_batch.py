@@ -1,6 +1,7 @@
 """Cross-member batching on arq workers: the bot hands a batch to one worker in one arq job, the
 worker runs it as one pipeline call, and each member's job still ends, cancels and is paid for on
-its own. Real redis-server, real `python -m generation.worker` processes, tiny twins."""
+its own, and a lost worker's batch is re-run whole. Real redis-server, real
+`python -m generation.worker` processes, tiny twins."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from PIL import Image
 from bot.core.jobs import Job, JobState
 from generation.models import ModelSpec
 from tests.queue.conftest import make_job, wait_for
-from tests.scaleout.conftest import Bot
-from tests.scaleout.test_scaleout import SLOW, slow_job
+from tests.scaleout.conftest import Bot, Cluster
+from tests.scaleout.test_scaleout import SLOW, assert_delivered_once, slow_job, until_nothing_is_left_to_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -88,3 +89,30 @@ async def test_a_cancel_of_one_members_job_in_a_batch_discards_only_its_result(
     record = await bot.store.get_job(amy.id)
     assert record is not None and record.timings.get("batch_size") == 2
     assert pixels(bot, amy).shape == (64, 64, 3)
+
+
+async def test_a_worker_lost_mid_batch_reruns_every_job_of_the_batch_once(
+    bot: Bot, cluster: Cluster, tiny_registry: dict[str, ModelSpec]
+) -> None:
+    queue, rec = bot.queue, bot.recorder
+    await busy_workers(bot, tiny_registry)
+    slow = {"steps": SLOW["steps"], "width": 64, "height": 64}
+    members = [
+        make_job(tiny_registry, user, kind="image", prompt=f"{user} fox", **slow) for user in ("amy", "ben")
+    ]
+    for job in members:
+        await queue.submit(job)
+    await wait_for(lambda: all(any(p[0] == j.id and p[1] >= 2 for p in rec.progress) for j in members), 90)
+    victim = worker_of(bot, members[0])
+    assert worker_of(bot, members[1]) == victim
+
+    cluster.kill(cluster.by_id(victim).name)
+    for job in members:
+        done = await rec.finished(job.id, 90)
+        assert done.state is JobState.COMPLETE, done.error
+        starts = [w for _, j, w in bot.starts if j == job.id]
+        assert len(starts) == 2 and starts[1] != victim
+        record = await bot.store.get_job(job.id)
+        assert record is not None and record.attempts == 2
+    await until_nothing_is_left_to_run(bot)
+    assert_delivered_once(bot, members)
