@@ -345,8 +345,9 @@ def _image(value: Any, spec: ModelSpec) -> str | None:
     return os.fspath(value)
 
 
-def _image_input(values: Mapping[str, Any], steps: int) -> tuple[str | None, float | None]:
-    """The picture to start from and the strength; enough steps must be left to repaint it."""
+def _image_input(values: Mapping[str, Any], steps: int, notes: list[str]) -> tuple[str | None, float | None]:
+    """The picture to start from and the strength. Image-to-image runs only `steps x strength` steps,
+    so a strength too light to run one of them is raised to the lightest that does (with a note)."""
     strength = _float(values.get("strength", DEFAULT_STRENGTH), name="strength", lo=0.0, hi=1.0)
     value = values.get("image")
     if value is None or value == "":
@@ -354,10 +355,14 @@ def _image_input(values: Mapping[str, Any], steps: int) -> tuple[str | None, flo
     if not isinstance(value, str) and not hasattr(value, "__fspath__"):
         raise InvalidRequest(f"image must be a file path, not {type(value).__name__}.")
     if int(steps * strength) < 1:
-        raise InvalidRequest(
-            f"strength {strength:g} with {steps} steps repaints nothing: raise strength or steps "
+        lightest = min(1.0, math.nextafter(1.0 / steps, 2.0))
+        while int(steps * lightest) < 1:  # guards float rounding of 1/steps
+            lightest = math.nextafter(lightest, 2.0)
+        notes.append(
+            f"strength {strength:g} with {steps} steps repaints nothing: using {lightest:.3g} "
             f"(strength x steps must be at least 1)."
         )
+        strength = lightest
     return os.fspath(value), strength
 
 
@@ -400,7 +405,7 @@ def validate_request(
     if kind == "image":
         default_count = settings.default_image_count if settings is not None else 1
         count = _int(values.get("count", default_count), name="count", lo=1, hi=MAX_COUNT)
-        image, strength = _image_input(values, common["steps"])
+        image, strength = _image_input(values, common["steps"], notes)
         return ImageRequest(**common, count=count, image=image, strength=strength, notes=tuple(notes))
     if kind == "upscale":
         if not values.get("image"):

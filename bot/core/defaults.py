@@ -96,19 +96,37 @@ async def saved_layers(store: Store, who: Who, preset: str | None) -> dict[str, 
     return merged
 
 
+def _saved_model(model_id: str | None, registry: Any, picture: bool) -> str | None:
+    """A member's saved model, unless the request brings a picture that model cannot animate
+    (itself or through its image-to-video partner): then I2V_MODEL serves it instead."""
+    spec = registry.get(model_id) if model_id else None
+    if spec is None or not picture or spec.takes_image:
+        return model_id
+    partner = registry.get(spec.i2v_model) if spec.i2v_model else None
+    return model_id if partner is not None and partner.takes_image else None
+
+
 def fill_request(
-    raw: dict[str, Any], saved: dict[str, Any], *, kind: str, registry: Any, settings: Any
+    raw: dict[str, Any],
+    saved: dict[str, Any],
+    *,
+    kind: str,
+    registry: Any,
+    settings: Any,
+    picture: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """`raw` with the saved values filled in where it says nothing, clamped to the model; and
-    whether the result should be posted behind a spoiler. `raw` may carry `aspect`."""
+    whether the result should be posted behind a spoiler. `raw` may carry `aspect`. With a
+    `picture` (a video from an image), a model-less request gets I2V_MODEL, not VIDEO_MODEL."""
     out = {k: v for k, v in raw.items() if v is not None}
     aspect = out.pop("aspect", None)
-    model_id = out.get("model") or saved.get(f"{kind}_model") or default_model_id(settings, kind)
+    fallback = default_model_id(settings, kind, image=picture)
+    model_id = out.get("model") or _saved_model(saved.get(f"{kind}_model"), registry, picture) or fallback
     spec = registry.get(model_id)
     if spec is None or spec.kind != kind:  # a saved model removed since: the server default instead
         if out.get("model"):
             get_spec(registry, model_id, kind=kind)  # raises, naming the choices
-        model_id = default_model_id(settings, kind)
+        model_id = fallback
         spec = get_spec(registry, model_id, kind=kind)
     out["model"] = model_id
     if "negative_prompt" not in out and saved.get("negative_prompt"):

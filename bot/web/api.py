@@ -91,7 +91,8 @@ async def _create(request: web.Request, *, kind: str) -> web.Response:
     who = Who(user_id=caller.user_id)  # the key owner's own defaults and presets
     saved = await saved_layers(request.app[STORE_KEY], who, body.pop("preset", None))
     settings, registry = request.app[SETTINGS_KEY], request.app[REGISTRY_KEY]
-    body, _ = fill_request(body, saved, kind=kind, registry=registry, settings=settings)
+    picture = kind == "video" and body.get("image") is not None
+    body, _ = fill_request(body, saved, kind=kind, registry=registry, settings=settings, picture=picture)
     kept = await _keep_image(request, body)
     try:
         job = _build_job(request, caller=caller, kind=kind, body=body)

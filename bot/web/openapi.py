@@ -79,12 +79,8 @@ def _limits(spec: ModelSpec) -> dict[str, Any]:
     out: dict[str, Any] = {
         "steps": _nullable({"type": "integer", "minimum": spec.min_steps, "maximum": spec.max_steps}),
         "guidance": _nullable({"type": "number", "minimum": spec.min_guidance, "maximum": spec.max_guidance}),
-        "width": _nullable(
-            {"type": "integer", "minimum": spec.min_width, "maximum": spec.max_width, "multipleOf": 8}
-        ),
-        "height": _nullable(
-            {"type": "integer", "minimum": spec.min_height, "maximum": spec.max_height, "multipleOf": 8}
-        ),
+        "width": _nullable({"type": "integer", "minimum": spec.min_width, "maximum": spec.max_width}),
+        "height": _nullable({"type": "integer", "minimum": spec.min_height, "maximum": spec.max_height}),
     }
     if spec.kind == "video":
         out["frames"] = _nullable({"type": "integer", "minimum": spec.min_frames, "maximum": spec.max_frames})
@@ -105,6 +101,11 @@ def _model_branches(specs: list[ModelSpec], default_id: str | None) -> list[dict
         branches.append(branch)
     return branches
 
+
+# Sizes off a model's multiple (8, 16 or 32) are accepted and snapped, so the schema states no multipleOf.
+SNAPPED = (
+    "Pixels; snapped to the nearest multiple the model needs (8, 16 or 32), and the job's `notes` say so."
+)
 
 NO_IMAGE = {"image": {"type": "null"}}
 AN_IMAGE = {"image": {"type": "string", "contentEncoding": "base64"}}
@@ -177,8 +178,8 @@ def _request_schema(
         ),
         "steps": _nullable({"type": "integer", "description": "Denoising steps."}),
         "guidance": _nullable({"type": "number", "description": "Classifier-free guidance scale."}),
-        "width": _nullable({"type": "integer", "multipleOf": 8}),
-        "height": _nullable({"type": "integer", "multipleOf": 8}),
+        "width": _nullable({"type": "integer", "description": SNAPPED}),
+        "height": _nullable({"type": "integer", "description": SNAPPED}),
     }
     props["preset"] = _nullable(
         {

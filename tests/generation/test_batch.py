@@ -104,13 +104,24 @@ def test_image_to_image_starts_from_the_picture_on_the_same_weights(
     ("raw", "words"),
     [
         ({"strength": 2}, "strength"),
-        ({"strength": 0.1, "steps": 4}, "repaints nothing"),
         ({"image": 3}, "image"),
     ],
 )
 def test_bad_image_inputs_are_refused(tiny_registry, tmp_path, raw, words):
     with pytest.raises(InvalidRequest, match=words):
         image_request(tiny_registry, **{"image": str(tmp_path / "x.png"), **raw})
+
+
+@pytest.mark.parametrize(
+    ("strength", "steps", "lightest"), [(0.1, 4, 0.25), (0.0, 49, 1 / 49), (0.3, 1, 1.0)]
+)
+def test_a_strength_too_light_to_run_a_step_is_raised_with_a_note(
+    tiny_registry, tmp_path, strength, steps, lightest
+):
+    request = image_request(tiny_registry, image=str(tmp_path / "x.png"), strength=strength, steps=steps)
+    assert request.strength == pytest.approx(lightest)
+    assert int(request.steps * request.strength) == 1  # exactly one step repaints the picture
+    assert any("repaints nothing" in note for note in request.notes)
 
 
 def test_a_file_that_is_no_picture_fails_politely(pipeline_manager, tiny_registry, tmp_path):

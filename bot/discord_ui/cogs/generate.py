@@ -66,7 +66,14 @@ class Generate(commands.Cog):
         )
         saved = await saved_layers(self.bot.store, who, preset)  # refuses an unknown preset first
         settings = self.bot.settings
-        raw, spoiler = fill_request(raw, saved, kind=kind, registry=self.bot.registry, settings=settings)
+        raw, spoiler = fill_request(
+            raw,
+            saved,
+            kind=kind,
+            registry=self.bot.registry,
+            settings=settings,
+            picture=kind == "video" and image is not None,
+        )
         if image is not None:  # downloaded after the defer: it may take longer than 3 s
             raw["image"] = await keep_attachment(image, self.bot.settings)
         await self.bot.actions.submit_new(interaction, kind=kind, raw=raw, spoiler=spoiler)
