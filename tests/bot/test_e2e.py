@@ -111,7 +111,7 @@ async def test_imagine_posts_a_png_with_every_parameter_and_pings_only_the_membe
     assert fields["Model"] == "tiny-image" and "GPU time" in fields
     assert message.embed["image"]["url"] == f"attachment://{png.filename}"
     actions = {c["custom_id"].split(":")[1] for c in message.iter_components()}
-    assert actions == {"reroll", "edit", "delete", "animate1"}
+    assert actions == {"reroll", "edit", "delete", "animate1", "upscale1"}
     # the member is mentioned; @everyone and the role in the prompt ping nobody
     alice = bot.members["alice"].user.id
     pings = message.pings()
