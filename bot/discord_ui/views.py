@@ -142,14 +142,18 @@ class DeleteButton(_JobButton, template=r"job:delete:" + JOB_ID):
 
 
 class _ImageButton(_JobButton, template=r"job:unused(?P<n>[1-4]):" + JOB_ID):
-    """A button about image n of a grid (`U2`, `V3`): `job:<action><n>:<job id>`."""
+    """A button about image n of a grid (`U2`, `V3`): `job:<action><n>:<job id>`. Buttons with an
+    `emoji` keep one label for every n (`Animate`, `Upscale`); the others number it (`U2`)."""
 
-    def __init__(self, job_id: str, n: int, row: int | None = None) -> None:
+    emoji: str | None = None
+
+    def __init__(self, job_id: str, n: int = 1, row: int | None = None) -> None:
         self.job_id, self.n = job_id, n
         discord.ui.DynamicItem.__init__(
             self,
             discord.ui.Button(
-                label=f"{self.label}{n}",
+                label=self.label if self.emoji else f"{self.label}{n}",
+                emoji=self.emoji,
                 style=self.style,
                 custom_id=f"job:{self.action}{n}:{job_id}",
             ),
@@ -193,17 +197,8 @@ class AnimateButton(_ImageButton, template=r"job:animate(?P<n>[1-4]):" + JOB_ID)
 
     action = "animate"
     label = "Animate"
+    emoji = "🎞️"
     style = discord.ButtonStyle.success
-
-    def __init__(self, job_id: str, n: int = 1, row: int | None = None) -> None:
-        self.job_id, self.n = job_id, n
-        discord.ui.DynamicItem.__init__(
-            self,
-            discord.ui.Button(
-                label=self.label, emoji="🎞️", style=self.style, custom_id=f"job:{self.action}{n}:{job_id}"
-            ),
-            row=row,
-        )
 
     async def run(self, interaction: discord.Interaction[Any]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -215,17 +210,8 @@ class UpscaleButton(_ImageButton, template=r"job:upscale(?P<n>[1-4]):" + JOB_ID)
 
     action = "upscale"
     label = "Upscale"
+    emoji = "🔍"
     style = discord.ButtonStyle.secondary
-
-    def __init__(self, job_id: str, n: int = 1, row: int | None = None) -> None:
-        self.job_id, self.n = job_id, n
-        discord.ui.DynamicItem.__init__(
-            self,
-            discord.ui.Button(
-                label=self.label, emoji="🔍", style=self.style, custom_id=f"job:{self.action}{n}:{job_id}"
-            ),
-            row=row,
-        )
 
     async def run(self, interaction: discord.Interaction[Any]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
