@@ -74,7 +74,7 @@ async def test_a_picture_refused_for_another_reason_is_not_kept(
     make_client, real_queue, web_settings
 ) -> None:
     client = await make_client(real_queue)
-    body = {"prompt": "from this", "image": picture_b64(), "strength": 0.1, "steps": 2}
+    body = {"prompt": "from this", "image": picture_b64(), "strength": 0.6, "steps": 100_000}
     resp = await client.post("/api/v1/images", json=body, headers=auth("alice"))
-    assert resp.status == 400 and "strength" in (await resp.json())["error"]["message"]
+    assert resp.status == 400 and "steps" in (await resp.json())["error"]["message"]
     assert await asyncio.to_thread(kept_inputs, web_settings.results_dir) == []
