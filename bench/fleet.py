@@ -133,7 +133,9 @@ async def bot_side(folder: Path, url: str) -> AsyncIterator[tuple[JobQueue, Deli
     from bot.core.arq_executor import ArqExecutor
     from bot.core.store.sqlite import SQLiteStore
 
-    settings = bench_settings(folder, queue_url=url, job_timeout_s=120.0)
+    # one job per call: the bench measures dispatch of 2 s jobs, and its sleeping workers make one
+    # output per call (cross-member batching is measured by `bench batch`)
+    settings = bench_settings(folder, queue_url=url, job_timeout_s=120.0, batch_max_images=1)
     store = SQLiteStore(path=folder / "bot.db")
     await store.open()
     queue = JobQueue(settings=settings, store=store, executor=ArqExecutor(settings=settings))
@@ -169,11 +171,12 @@ async def run_fleet(tmp: Path, *, workers: int, jobs: int, members: int, steps: 
             await asyncio.wait_for(delivery.all_done.wait(), timeout=timeout)
             run_cpu, others2 = time.process_time() - cpu1, fleet.cpu_s()
             states = Counter(j.state.value for j in delivery.jobs.values())
+            errors = Counter(str(j.error)[:300] for j in delivery.jobs.values() if j.error)
         fleet.stop_workers()
     finally:
         fleet.stop()
     if states != {"complete": jobs}:
-        raise RuntimeError(f"not every job completed: {dict(states)}")
+        raise RuntimeError(f"not every job completed: {dict(states)}; errors: {dict(errors)}")
     figures = analyse(log.read_text().splitlines(), workers)
     figures.update(
         workers=workers, jobs=jobs, members=members, job_s=round(steps * step_s, 3),
