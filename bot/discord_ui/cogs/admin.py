@@ -26,6 +26,7 @@ from bot.discord_ui.cogs.defaults import (
     NegativeOpt,
     StepsOpt,
     describe_values,
+    option_values,
     save_defaults,
 )
 from bot.discord_ui.formatting import EMBED_COLOUR, safe_text
@@ -223,16 +224,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Moderate t
         scope, owner = (
             ("guild", self._guild(interaction)) if server else ("channel", str(interaction.channel_id))
         )
-        given = dict(
-            image_model=image_model,
-            video_model=video_model,
-            aspect=aspect,
-            steps=steps,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            count=count,
-            spoiler=spoiler,
-        )
+        given = option_values(locals())
         saved = await save_defaults(self.bot, scope, owner, given, reset=reset)
         if reset or any(v is not None for v in given.values()):
             await self.bot.audit(

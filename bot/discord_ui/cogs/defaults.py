@@ -38,6 +38,8 @@ DESCRIBE: dict[str, str] = {
     "spoiler": "Post results behind a spoiler",
     "reset": "Forget every saved default here",
 }
+#: the options `save_defaults` keeps, in the order they are shown
+OPTIONS = tuple(k for k in DESCRIBE if k != "reset")
 StepsOpt = app_commands.Range[int, 1, 200]
 GuidanceOpt = app_commands.Range[float, 0.0, 30.0]
 NegativeOpt = app_commands.Range[str, 0, MAX_PROMPT_CHARS]
@@ -48,6 +50,12 @@ def describe_values(values: dict[str, Any] | None) -> str:
     if not values:
         return "nothing saved"
     return " · ".join(f"{k}: {safe_text(str(v), 120)}" for k, v in values.items())
+
+
+def option_values(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The defaults options out of a command's `locals()`: the three commands that take them must
+    still name each in their signatures (Discord reads the options from there), but only there."""
+    return {k: arguments[k] for k in OPTIONS}
 
 
 def checked(bot: ImagineBot, given: dict[str, Any]) -> dict[str, Any]:
@@ -108,16 +116,7 @@ class MemberDefaults(commands.Cog):
         reset: bool = False,
     ) -> None:
         """Show or change your defaults for /imagine and /video (only you see them)."""
-        given = dict(
-            image_model=image_model,
-            video_model=video_model,
-            aspect=aspect,
-            steps=steps,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            count=count,
-            spoiler=spoiler,
-        )
+        given = option_values(locals())
         saved = await save_defaults(self.bot, "member", str(interaction.user.id), given, reset=reset)
         await self._reply(interaction, f"Your defaults: {describe_values(saved)}.")
 
@@ -138,16 +137,7 @@ class MemberDefaults(commands.Cog):
         spoiler: bool | None = None,
     ) -> None:
         """Save a set of options to use with /imagine preset: or /video preset:."""
-        given = dict(
-            image_model=image_model,
-            video_model=video_model,
-            aspect=aspect,
-            steps=steps,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            count=count,
-            spoiler=spoiler,
-        )
+        given = option_values(locals())
         user_id, name = str(interaction.user.id), check_preset_name(name)
         values = checked(self.bot, given)
         existing = await self.bot.store.list_defaults("preset", user_id)
