@@ -107,6 +107,21 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Moderate t
             raise InvalidRequest(f"No API key is named `{safe_text(api_key, 60)}` (known: {known}).")
         return f"api:{api_key}", f"API key `{api_key}`"
 
+    async def _set_ban(
+        self,
+        interaction: discord.Interaction[Any],
+        user: discord.User | None,
+        api_key: str | None,
+        reason: str | None,
+        *,
+        banned: bool,
+    ) -> tuple[str, str]:
+        """What /admin ban and /admin unban share: the target named and its ban state stored."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        target, label = self._ban_target(user, api_key)
+        await self.bot.store.set_ban(target, banned=banned, reason=reason, by=str(interaction.user.id))
+        return target, label
+
     @app_commands.command(name="ban")
     @app_commands.describe(
         user="Member to ban from the bot",
@@ -121,9 +136,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Moderate t
         reason: str | None = None,
     ) -> None:
         """Stop a member (or an API key) from using the bot; their queued jobs are cancelled."""
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        target, label = self._ban_target(user, api_key)
-        await self.bot.store.set_ban(target, banned=True, reason=reason, by=str(interaction.user.id))
+        target, label = await self._set_ban(interaction, user, api_key, reason, banned=True)
         cancelled = await self._purge(interaction, user_id=target)
         await self.bot.audit(
             interaction, action="ban", target=target, reason=reason, details={"cancelled": cancelled}
@@ -144,9 +157,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Moderate t
         reason: str | None = None,
     ) -> None:
         """Allow a banned member (or API key) to use the bot again."""
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        target, label = self._ban_target(user, api_key)
-        await self.bot.store.set_ban(target, banned=False, reason=reason, by=str(interaction.user.id))
+        target, label = await self._set_ban(interaction, user, api_key, reason, banned=False)
         await self.bot.audit(interaction, action="unban", target=target, reason=reason)
         await self._done(interaction, f"Unbanned {label}.")
 
