@@ -81,6 +81,15 @@ async def save_defaults(
     return merged
 
 
+async def preset_names(
+    interaction: discord.Interaction[ImagineBot], current: str
+) -> list[app_commands.Choice[str]]:
+    """Autocomplete of the member's own presets, for /preset delete and the generate commands."""
+    names = await interaction.client.store.list_defaults("preset", str(interaction.user.id))
+    found = [n for n in names if current.lower() in n.lower()]
+    return [app_commands.Choice(name=n, value=n) for n in found[:25]]
+
+
 class MemberDefaults(commands.Cog):
     preset = app_commands.Group(
         name="preset", description="Your named sets of options for /imagine and /video"
@@ -91,13 +100,6 @@ class MemberDefaults(commands.Cog):
 
     async def _reply(self, interaction: discord.Interaction[Any], text: str) -> None:
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NONE)
-
-    async def preset_names(
-        self, interaction: discord.Interaction[Any], current: str
-    ) -> list[app_commands.Choice[str]]:
-        names = await self.bot.store.list_defaults("preset", str(interaction.user.id))
-        found = [n for n in names if current.lower() in n.lower()]
-        return [app_commands.Choice(name=n, value=n) for n in found[:25]]
 
     @app_commands.command(name="settings")
     @app_commands.describe(**DESCRIBE)

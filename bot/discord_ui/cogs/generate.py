@@ -16,12 +16,27 @@ from discord.ext import commands
 
 from bot.core.defaults import Who, fill_request, saved_layers
 from bot.discord_ui.attachments import keep_attachment
+from bot.discord_ui.cogs.defaults import preset_names
 from generation.params import ASPECTS, FRAMES_RANGE
 
 if TYPE_CHECKING:
     from bot.discord_ui.client import ImagineBot
 
 log = logging.getLogger(__name__)
+
+
+#: the options each command hands on as request fields (the rest: `preset` and the `image` attachment)
+REQUEST_FIELDS = {
+    "image": (
+        *("prompt", "negative_prompt", "seed", "steps", "guidance"),
+        *("width", "height", "model", "count", "strength", "aspect"),
+    ),
+    "video": ("prompt", "negative_prompt", "seed", "steps", "guidance", "frames", "fps", "model"),
+}
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, app_commands.Choice) else value
 
 
 class Generate(commands.Cog):
@@ -42,23 +57,14 @@ class Generate(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         return await self._model_autocomplete("video", current)
 
-    async def preset_names(
-        self, interaction: discord.Interaction[Any], current: str
-    ) -> list[app_commands.Choice[str]]:
-        names = await self.bot.store.list_defaults("preset", str(interaction.user.id))
-        found = [n for n in names if current.lower() in n.lower()]
-        return [app_commands.Choice(name=n, value=n) for n in found[:25]]
-
     async def _queue(
-        self,
-        interaction: discord.Interaction[Any],
-        *,
-        kind: str,
-        raw: dict[str, Any],
-        preset: str | None = None,
-        image: discord.Attachment | None = None,
+        self, interaction: discord.Interaction[Any], *, kind: str, arguments: dict[str, Any]
     ) -> None:
+        """Both commands from here on: `arguments` is the command's `locals()`, so each option is named
+        once, in the signature Discord reads."""
         await interaction.response.defer(ephemeral=True, thinking=True)
+        preset, image = arguments["preset"], arguments["image"]
+        raw = {k: _plain(arguments[k]) for k in REQUEST_FIELDS[kind]}
         who = Who(
             user_id=str(interaction.user.id),
             channel_id=str(interaction.channel_id) if interaction.channel_id else None,
@@ -115,20 +121,7 @@ class Generate(commands.Cog):
         preset: str | None = None,
     ) -> None:
         """Create an image from a text prompt."""
-        raw = {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "seed": seed,
-            "steps": steps,
-            "guidance": guidance,
-            "width": width,
-            "height": height,
-            "model": model,
-            "count": count,
-            "strength": strength,
-            "aspect": aspect.value if aspect is not None else None,
-        }
-        await self._queue(interaction, kind="image", raw=raw, preset=preset, image=image)
+        await self._queue(interaction, kind="image", arguments=locals())
 
     @app_commands.command(name="video")
     @app_commands.guild_only()
@@ -160,17 +153,7 @@ class Generate(commands.Cog):
         preset: str | None = None,
     ) -> None:
         """Create a short video clip from a text prompt, or animate a picture."""
-        raw = {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "seed": seed,
-            "steps": steps,
-            "guidance": guidance,
-            "frames": frames,
-            "fps": fps,
-            "model": model,
-        }
-        await self._queue(interaction, kind="video", raw=raw, preset=preset, image=image)
+        await self._queue(interaction, kind="video", arguments=locals())
 
 
 async def setup(bot: ImagineBot) -> None:
