@@ -10,7 +10,7 @@ unset can read these settings without pulling in either. arq carries the jobs th
 - ``<prefix>:run:<arq job id>``: progress of one run (worker, step, total, preview PNG), written by
   the worker at most every ``worker_progress_interval_s`` and read by the bot no faster than it
   edits its messages.
-- ``<prefix>:events``: a capped Redis stream of ``started`` / ``gpu_done`` / ``done`` and
+- ``<prefix>:events``: a capped Redis stream of ``started`` / ``gpu_soon`` / ``gpu_done`` / ``done`` and
   ``worker_up`` / ``worker_down`` events, so the bot learns of a finished job at once instead of
   polling for results. Events are a shortcut, not the truth: the bot re-checks arq's own keys
   every ``sweep_s`` and a lost event only delays it.
@@ -56,6 +56,9 @@ class ScaleoutSettings(GenerationSettings):
     worker_health_check_s: float = Field(default=10.0, gt=0)
     # how often an idle worker asks Redis for a job (adds up to this much to each job's start)
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
+    # a worker tells the bot its GPU is nearly free this long before the end, so the next job is
+    # already waiting when it frees (generation/gpu_forecast.py); 0 turns it off
+    worker_handoff_lead_s: float = Field(default=0.5, ge=0)
     # a worker writes a running job's progress to Redis at most this often
     worker_progress_interval_s: float = Field(default=0.5, ge=0)
     # the worker's name in /info and /metrics (default: its host name); the pid is appended

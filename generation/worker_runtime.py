@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from generation import failures
 from generation.files import save_encoded, write_atomic
+from generation.gpu_forecast import GpuEndForecast
 from generation.media import EncodedMedia, EncodeOptions, preview_png
 from generation.models import build_registry
 from generation.outputs import StepInfo
@@ -113,6 +114,9 @@ class WorkerRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._redis_warned = False
         self.redis_down = REDIS_DOWN
+        #: called on the loop whenever the GPU's last claim is released (GatedWorker polls at once)
+        self.on_gpu_free: Callable[[], None] | None = None
+        self.forecast = GpuEndForecast(settings.worker_handoff_lead_s)
 
     # -- the gate (called by GatedWorker) ----------------------------------------------------
 
@@ -126,7 +130,11 @@ class WorkerRuntime:
         self._gpu_claims.add(arq_id)
 
     def release(self, arq_id: str) -> None:
+        if arq_id not in self._gpu_claims:
+            return
         self._gpu_claims.discard(arq_id)
+        if not self._gpu_claims and self.on_gpu_free is not None:
+            self.on_gpu_free()
 
     def task_ended(self, arq_id: str) -> None:
         """arq is done with the job (result recorded, or given up): stop listing it."""
@@ -134,6 +142,7 @@ class WorkerRuntime:
         self.jobs.pop(arq_id, None)
         self.job_ids.pop(arq_id, None)
         self._progress.pop(arq_id, None)
+        self.forecast.forget(arq_id)
         if self.redis is not None:
             self._spawn(self.beat())  # /info shows the worker idle now, not at the next beat
 
@@ -218,7 +227,6 @@ class WorkerRuntime:
             return JobReport(status="failed", worker_id=self.worker_id, error=failures.DAMAGED).to_dict()
         self.jobs[arq_id] = JobPhase.RUNNING
         self.job_ids[arq_id] = payload.job_id
-        await self._safe(self.beat())  # the bot sees at once who holds the job
         done: asyncio.Future[RunResult] = self._loop.create_future()
         self._done[arq_id] = done
         try:
@@ -229,6 +237,7 @@ class WorkerRuntime:
             log.exception("job %s: the GPU thread refused it", arq_id)
             error = failures.NOT_TAKEN.format(job_id=payload.job_id)
             return JobReport(status="failed", worker_id=self.worker_id, error=error).to_dict()
+        self._spawn(self.beat())  # the bot sees at once who holds the job
         result = await self._wait(arq_id, done)
         await self._gpu_released(arq_id)
         return await self._report(payload, result)
@@ -352,6 +361,7 @@ class WorkerRuntime:
     # -- on the loop -------------------------------------------------------------------------
 
     def _on_started(self, arq_id: str) -> None:
+        self.forecast.began(arq_id)
         self._spawn(self._report_started(arq_id))
 
     async def _report_started(self, arq_id: str) -> None:
@@ -365,6 +375,8 @@ class WorkerRuntime:
     def _on_step(self, arq_id: str, info: StepInfo) -> None:
         if arq_id not in self.jobs:
             return
+        if self.forecast.due(arq_id, info.step, info.total):
+            self._spawn(self._event("gpu_soon", job=arq_id))
         p = self._progress.setdefault(arq_id, _Progress())
         p.step, p.total = info.step, info.total
         if info.preview is not None:

@@ -10,8 +10,10 @@ The life of a job here, with what arq does in brackets:
 
 1. :meth:`execute` enqueues it under an id made of the job id, its attempt and its claim time
    [``enqueue_job(_job_id=…)``: enqueueing the same dispatch twice is a no-op];
-2. a worker with a free GPU picks it and reports ``started`` / ``gpu_done`` / ``done`` on the
-   event stream; progress is read from its run hash every ``PROGRESS_EDIT_INTERVAL_S``;
+2. a worker with a free GPU picks it and reports ``started`` / ``gpu_soon`` / ``gpu_done`` /
+   ``done`` on the event stream; progress is read from its run hash every
+   ``PROGRESS_EDIT_INTERVAL_S``. ``gpu_soon`` (:mod:`generation.gpu_forecast`) makes that GPU
+   count as free a moment early, so its next job is already queued when the GPU frees;
 3. the result [arq's result key, kept ``RESULT_KEEP_S``] holds the encoded file as bytes, or a
    path on shared storage; the bot writes the bytes under ``RESULTS_DIR`` off the event loop;
 4. cancel [``Job.abort``] stops it at the next step; a job no worker has started yet is simply
@@ -119,8 +121,9 @@ class ArqExecutor(WorkerWatch, ResultTransfer):
     def free_slots(self) -> int:
         if self._stopping or self.redis is None:
             return 0
-        # a batch's members share one arq job and one worker
-        busy = len({h.lead or h.arq_id for h in self._handed.values() if h.phase in _ON_GPU})
+        # a batch's members share one arq job and one worker; a GPU about to end its job
+        # (``gpu_soon``) is free already, so the next job waits in arq's queue when it frees
+        busy = len({h.lead or h.arq_id for h in self._handed.values() if h.phase in _ON_GPU and not h.ending})
         return max(0, len(self._workers) - busy)
 
     async def execute(self, job: Job) -> None:

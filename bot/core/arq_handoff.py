@@ -72,6 +72,8 @@ class HandedJob:
     cancel_sent: bool = False
     #: the arq id of the batch's lead job that carries this companion to its worker
     lead: str | None = None
+    #: its worker said the GPU is nearly done with it (``gpu_soon``): that GPU counts as free
+    ending: bool = False
     step: int = -1
     pseq: str = ""
     handed_mono: float = field(default_factory=time.monotonic)

@@ -74,6 +74,8 @@ class ResultTransfer(ArqHandoff):
         worker = str(event.get("worker") or "") or None
         if kind == "started":
             self._mark_running(h, worker)
+        elif kind == "gpu_soon":
+            self._mark_ending(h)
         elif kind == "gpu_done":
             self._mark_finishing(h, worker)
         elif kind == "done":
@@ -87,6 +89,14 @@ class ResultTransfer(ArqHandoff):
         if not h.started_reported:
             h.started_reported = True
             call_sink(self._sink, "job_started", h.job.id, worker_id=h.worker or "?")
+
+    def _mark_ending(self, h: HandedJob) -> None:
+        """Its GPU will be free in a moment: the dispatcher may hand that GPU its next job now."""
+        group = h.lead or h.arq_id
+        for other in self._handed.values():
+            if (other.lead or other.arq_id) == group:
+                other.ending = True
+        call_sink(self._sink, "slot_free")
 
     def _mark_finishing(self, h: HandedJob, worker: str | None) -> None:
         if h.phase == JobPhase.FINISHING:

@@ -26,6 +26,7 @@ from bot.core.jobs import Job, JobState
 from bot.core.queue import JobQueue
 from bot.core.store.sqlite import SQLiteStore
 from generation.models import ModelSpec
+from generation.phases import JobPhase
 from generation.settings import GenerationSettings
 from tests.queue.conftest import Recorder, make_job, queue_settings, wait_for
 from tests.scaleout.conftest import HEALTH_CHECK_S, Bot, Cluster
@@ -145,6 +146,53 @@ async def test_burst_from_three_users_is_shared_by_both_workers_in_fair_order(
     for job in blockers + burst:
         record = await bot.store.get_job(job.id)
         assert record is not None and record.attempts == 1 and record.gpu_seconds
+
+
+async def test_a_gpu_about_to_finish_gets_its_next_job_early_and_runs_it_after(
+    bot: Bot, cluster: Cluster, tiny_registry: dict[str, ModelSpec]
+) -> None:
+    queue, rec = bot.queue, bot.recorder
+    bot.settings.batch_max_images = 1
+    gpu_done: dict[str, float] = {}
+    job_gpu_done = queue.job_gpu_done
+
+    def spy_gpu_done(job_id: str) -> None:
+        gpu_done.setdefault(job_id, time.monotonic())
+        job_gpu_done(job_id)
+
+    queue.job_gpu_done = spy_gpu_done  # type: ignore[method-assign]
+    handed: list[tuple[float, dict[str, tuple[JobPhase, bool]], int]] = []
+    execute_batch = bot.executor.execute_batch
+
+    async def spy_handover(jobs: list[Job]) -> None:
+        seen = {h.job.id: (h.phase, h.ending) for h in bot.executor._handed.values()}
+        handed.append((time.monotonic(), seen, len(gpu_done)))
+        await execute_batch(jobs)
+
+    bot.executor.execute_batch = spy_handover  # type: ignore[method-assign]
+    first = [slow_job(tiny_registry, user) for user in ("kim", "lou")]
+    for job in first:
+        await queue.submit(job)
+    await wait_for(lambda: len(bot.starts) == 2, 30)
+    follow = slow_job(tiny_registry, "max")
+    await queue.submit(follow)
+    # both GPUs are early in their jobs: the next one waits in the fair order, not in arq
+    assert [e.job.id for e in queue.snapshot().queued] == [follow.id]
+    assert (await arq_depth(bot))[0] == 0
+
+    await wait_for(lambda: len(handed) == 3, 30)
+    when, seen, freed_before = handed[2]
+    # handed over while both first jobs were still on their GPUs, one of them said to end soon
+    assert {seen[j.id][0] for j in first} == {JobPhase.RUNNING} and freed_before == 0, seen
+    assert any(seen[j.id][1] for j in first), seen
+    for job in [*first, follow]:
+        assert (await rec.finished(job.id, 60)).state is JobState.COMPLETE
+    # ... and started only once a GPU was done with its job: never two jobs on one GPU
+    (started_at, _, worker), *_ = [s for s in bot.starts if s[1] == follow.id]
+    freed = [gpu_done[j.id] for j in first if next(s for s in bot.starts if s[1] == j.id)[2] == worker]
+    assert freed and started_at >= min(freed)
+    log.info("next job handed over %.2fs before its GPU was free", min(gpu_done.values()) - when)
+    assert_delivered_once(bot, [*first, follow])
 
 
 async def test_info_and_metrics_show_each_worker_with_its_host_device_and_work(
