@@ -12,9 +12,10 @@ Figures, over the "backlog" window (every worker busy for the first time → the
 
 - ``dispatch_rate_jobs_per_s``: jobs started per second in the window;
 - ``utilisation``: the devices' busy time in the window / (workers x window);
-- ``sched_latency_p95_ms``: a job becomes next when a device frees while jobs wait; its latency
-  runs from that device's last job ending to its next job starting (events to the bot, fair
-  pick, store write, arq hand-over, the worker's poll);
+- ``sched_latency_p95_ms``: the device's side of scheduling: from a device's job ending to its
+  next job starting, while jobs wait (whatever of the round trip to the bot, fair pick, store
+  write, arq hand-over and poll is not hidden by the worker's early ``gpu_soon``, see
+  :mod:`generation.gpu_forecast`);
 - ``jain_first_half``: Jain's index over members' served counts among the first half of starts;
 - ``bot_cpu_ms_per_job``: this process's CPU time from the first start to the last delivery,
   per job (``submit_cpu_ms_per_job``: queueing them, apart); ``hosts_cpu_ms_per_job`` and
