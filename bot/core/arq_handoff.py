@@ -36,7 +36,7 @@ from bot.core.jobs import Job, JobState
 from bot.core.results import ResultWriter
 from generation import failures
 from generation.phases import JobPhase
-from generation.scaleout import JOB_FUNCTION, Keys
+from generation.scaleout import BATCH_FIELD, JOB_FUNCTION, Keys
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -145,6 +145,7 @@ class ArqHandoff:
             return
         try:
             if not h.in_redis or (h.phase == JobPhase.ENQUEUED and await self._withdraw(h.arq_id)):
+                await self._rehand_companions(h)
                 await self._finish(
                     h, Outcome(state=JobState.CANCELLED, error=failures.CANCELLED_BEFORE_START)
                 )
@@ -155,6 +156,22 @@ class ArqHandoff:
             h.cancel_sent = True
         except REDIS_DOWN as exc:
             log.warning("job %s: cancel not delivered yet (%s); retrying", h.job.id, exc)
+
+    async def _rehand_companions(self, lead: HandedJob) -> None:
+        """A lead taken back before any worker started it carried its companions: they go back
+        to arq as a batch of their own, the first of them leading, on the same try."""
+        companions = [c for c in self._handed.values() if c.lead == lead.arq_id]
+        if not companions:
+            return
+        head, rest = companions[0], companions[1:]
+        head.lead, head.in_redis = None, False
+        head.payload.pop(BATCH_FIELD, None)
+        if rest:
+            head.payload[BATCH_FIELD] = [{"arq_id": c.arq_id, "payload": c.payload} for c in rest]
+            for c in rest:
+                c.lead = head.arq_id
+        log.info("job %s left its batch before it started; %s leads the rest", lead.job.id, head.job.id)
+        await self._enqueue(head)
 
     async def _cancel_companion(self, h: HandedJob) -> None:
         """A batch's companion is no arq job: its worker reads the abort set and drops it from

@@ -1,10 +1,16 @@
 """Cross-member batching on arq workers: the bot hands a batch to one worker in one arq job, the
 worker runs it as one pipeline call, and each member's job still ends, cancels and is paid for on
-its own, and a lost worker's batch is re-run whole. Real redis-server, real
+its own, and a lost worker's batch is re-run whole. The batch's lead (the one member that is the
+arq job) cancelled while the batch runs or while it still waits in arq's queue takes nobody else
+with it, and a Redis restart mid-batch loses no member. Real redis-server, real
 `python -m generation.worker` processes, tiny twins."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +18,10 @@ import pytest
 from PIL import Image
 
 from bot.core.jobs import Job, JobState
+from generation import failures
 from generation.models import ModelSpec
 from tests.queue.conftest import make_job, wait_for
-from tests.scaleout.conftest import Bot, Cluster
+from tests.scaleout.conftest import HEALTH_CHECK_S, Bot, Cluster
 from tests.scaleout.test_scaleout import SLOW, assert_delivered_once, slow_job, until_nothing_is_left_to_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -40,6 +47,66 @@ def pixels(bot: Bot, job: Job) -> np.ndarray:
 
 def worker_of(bot: Bot, job: Job) -> str:
     return next(w for _, j, w in bot.starts if j == job.id)
+
+
+async def arq_queued(bot: Bot) -> list[str]:
+    """The bot job ids behind the arq jobs in arq's queue (waiting or running): of a batch, only
+    its lead is an arq job; the companions travel inside its payload."""
+    redis = bot.executor.redis
+    assert redis is not None
+    ids = await redis.zrange(bot.executor.keys.queue, 0, -1)
+    return [i.decode().split(".")[0] for i in ids]
+
+
+async def assert_one_try_in_a_batch(bot: Bot, jobs: list[Job], size: int) -> None:
+    """Each job started once, on its first try, in a pipeline call of `size` members."""
+    for job in jobs:
+        assert [j for _, j, _ in bot.starts].count(job.id) == 1, f"job {job.id} started more than once"
+        record = await bot.store.get_job(job.id)
+        assert record is not None and record.attempts == 1
+        assert record.timings.get("batch_size", 1.0) == size
+
+
+async def in_arq(bot: Bot, jobs: list[Job], within_s: float = 30.0) -> list[Job]:
+    """Those of `jobs` that are arq jobs, once there is one."""
+    async with asyncio.timeout(within_s):
+        while True:
+            found = [job for job in jobs if job.id in await arq_queued(bot)]
+            if found:
+                return found
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def ghost_worker(cluster: Cluster) -> AsyncIterator[str]:
+    """A worker that beats like a live one but never takes a job (its GPU is not there yet): with
+    the real workers busy, the bot hands the next batch to arq, where it waits for a free GPU."""
+    redis = cluster.redis.client()
+    worker_id = f"ghost:{os.getpid()}"
+    key, ttl_ms = cluster.keys.worker(worker_id), int(HEALTH_CHECK_S * 4 / 5 * 1000)
+
+    def beat() -> None:
+        with redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"id": worker_id, "host": "ghost", "device": "cpu", "busy": 0, "jobs": ""})
+            pipe.pexpire(key, ttl_ms)
+            pipe.sadd(cluster.keys.workers, worker_id)
+            pipe.execute()
+
+    async def beating() -> None:
+        while True:  # a worker's heartbeat: every 1/5 of the health-check interval
+            await asyncio.to_thread(beat)
+            await asyncio.sleep(HEALTH_CHECK_S / 5)
+
+    task = asyncio.create_task(beating())
+    try:
+        yield worker_id
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            redis.delete(key)
+            redis.srem(cluster.keys.workers, worker_id)
+        redis.close()
 
 
 async def test_two_members_jobs_run_as_one_batch_on_one_worker_with_their_own_pictures(
@@ -116,3 +183,104 @@ async def test_a_worker_lost_mid_batch_reruns_every_job_of_the_batch_once(
         assert record is not None and record.attempts == 2
     await until_nothing_is_left_to_run(bot)
     assert_delivered_once(bot, members)
+
+
+async def test_a_cancel_of_the_batchs_lead_while_it_runs_leaves_every_companion_its_picture(
+    bot: Bot, tiny_registry: dict[str, ModelSpec]
+) -> None:
+    queue, rec = bot.queue, bot.recorder
+    await busy_workers(bot, tiny_registry)
+    slow = {"steps": SLOW["steps"], "width": 64, "height": 64}
+    members = [
+        make_job(tiny_registry, user, kind="image", prompt=f"{user} fox", seed=i, **slow)
+        for i, user in enumerate(("amy", "ben", "cat"))
+    ]
+    for job in members:
+        await queue.submit(job)
+    await wait_for(lambda: all(any(p[0] == j.id and p[1] >= 2 for p in rec.progress) for j in members), 90)
+    (lead,) = await in_arq(bot, members)  # the batch is one arq job
+    companions = [job for job in members if job is not lead]
+
+    await queue.cancel(lead.id, by_user_id=lead.user_id)
+    done = await rec.finished(lead.id, 30)
+    assert done.state is JobState.CANCELLED and rec.results[lead.id][0][1] is None
+    assert not any(j in rec.results for j in (c.id for c in companions))  # the call goes on for them
+    assert max(p[1] for p in rec.progress if p[0] == lead.id) < SLOW["steps"]
+    for job in companions:
+        finished = await rec.finished(job.id, 60)
+        assert finished.state is JobState.COMPLETE, finished.error
+        assert pixels(bot, job).shape == (64, 64, 3)
+    assert len({worker_of(bot, job) for job in members}) == 1
+    await until_nothing_is_left_to_run(bot)
+    assert_delivered_once(bot, companions)
+    assert len(rec.results[lead.id]) == 1
+    await assert_one_try_in_a_batch(bot, companions, 3)
+
+
+async def test_a_cancel_of_the_batchs_lead_waiting_in_arq_hands_the_companions_over_again(
+    bot: Bot, cluster: Cluster, tiny_registry: dict[str, ModelSpec]
+) -> None:
+    queue, rec = bot.queue, bot.recorder
+    await busy_workers(bot, tiny_registry)
+    quick = {"steps": 4, "width": 64, "height": 64}
+    members = [
+        make_job(tiny_registry, user, kind="image", prompt=f"{user} owl", seed=i, **quick)
+        for i, user in enumerate(("amy", "ben", "cat"))
+    ]
+    for job in members:  # no free GPU: they wait in the bot's queue
+        await queue.submit(job)
+    async with ghost_worker(cluster) as ghost:
+        # the ghost's slot takes the batch into arq's queue, where no GPU is free to start it
+        (lead,) = await in_arq(bot, members)
+        assert all(j.id in bot.executor._handed for j in members)  # handed over together
+        companions = [job for job in members if job is not lead]
+        await queue.cancel(lead.id, by_user_id=lead.user_id)
+        done = await rec.finished(lead.id, 10)
+        assert done.state is JobState.CANCELLED and done.error == failures.CANCELLED_BEFORE_START
+        # the companions lost their carrier: they go back to arq as a batch of their own
+        assert [j for j in await arq_queued(bot) if j in {m.id for m in members}] == [companions[0].id]
+        for job in companions:
+            finished = await rec.finished(job.id, 60)
+            assert finished.state is JobState.COMPLETE, finished.error
+        assert bot.executor.workers_lost == 0 and ghost not in {w for _, _, w in bot.starts}
+    assert lead.id not in {j for _, j, _ in bot.starts}
+    assert len({worker_of(bot, job) for job in companions}) == 1
+    await until_nothing_is_left_to_run(bot)
+    assert_delivered_once(bot, companions)
+    await assert_one_try_in_a_batch(bot, companions, 2)
+
+
+async def test_redis_restarted_mid_batch_every_member_ends_once(
+    bot: Bot, cluster: Cluster, tiny_registry: dict[str, ModelSpec]
+) -> None:
+    queue, rec = bot.queue, bot.recorder
+    pids = {name: w.proc.pid for name, w in cluster.workers.items()}
+    blockers = await busy_workers(bot, tiny_registry)
+    slow = {"steps": SLOW["steps"], "width": 64, "height": 64}
+    members = [
+        make_job(tiny_registry, user, kind="image", prompt=f"{user} heron", seed=i, **slow)
+        for i, user in enumerate(("amy", "ben", "cat"))
+    ]
+    for job in members:
+        await queue.submit(job)
+    await wait_for(lambda: all(any(p[0] == j.id and p[1] >= 2 for p in rec.progress) for j in members), 90)
+    assert not any(job.id in rec.results for job in members)
+
+    await asyncio.to_thread(cluster.redis.stop, kill=True)  # no goodbye, no persistence: all state gone
+    await asyncio.to_thread(cluster.redis.start)
+
+    everyone = [*blockers, *members]
+    for job in everyone:
+        done = await rec.finished(job.id, 90)
+        assert done.state is JobState.COMPLETE, done.error
+    await until_nothing_is_left_to_run(bot)
+    assert_delivered_once(bot, everyone)
+    # the batch rode the restart out on its worker: one try, one call, nobody re-run
+    await assert_one_try_in_a_batch(bot, members, 3)
+    assert len({worker_of(bot, job) for job in members}) == 1
+    assert {name: w.proc.pid for name, w in cluster.workers.items()} == pids
+    await wait_for(lambda: len(bot.executor.workers()) == 2, 10)
+    # and both sides are connected again: the next job runs
+    after = make_job(tiny_registry, "dan", kind="image", prompt="after", steps=2, width=64, height=64)
+    await queue.submit(after)
+    assert (await rec.finished(after.id, 30)).state is JobState.COMPLETE
