@@ -164,24 +164,6 @@ def _text_encoder(vocab_size: int) -> Any:
     return CLIPTextModel(config).eval()
 
 
-def _vae() -> Any:
-    import torch
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(SEED)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-    ).eval()
-
-
 def _scheduler() -> Any:
     from diffusers import DDIMScheduler
 
@@ -220,27 +202,15 @@ def _flag_everything_checker() -> tuple[Any, Any]:
 
 
 def _stable_diffusion(tokenizer: Any, text_encoder: Any, vae: Any, *, checker: Any, extractor: Any) -> Any:
-    import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        cross_attention_dim=TEXT_DIM,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ).eval()
+    from generation.tiny_families import sd_unet
+
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=unet,
+        unet=sd_unet(UNet2DConditionModel),
         scheduler=_scheduler(),
         safety_checker=checker,
         feature_extractor=extractor,
@@ -250,7 +220,6 @@ def _stable_diffusion(tokenizer: Any, text_encoder: Any, vae: Any, *, checker: A
 
 def build_tiny_pipeline(model_id: str) -> Any:
     """Build the twin in memory (fp32, CPU), identical on every machine for a given torch."""
-    import torch
 
     from generation import tiny_families
 
@@ -264,26 +233,19 @@ def build_tiny_pipeline(model_id: str) -> Any:
         return transformer_era[model_id]()
     tokenizer = _tokenizer()
     text_encoder = _text_encoder(len(tokenizer))
-    vae = _vae()
+    vae = tiny_families.sd_vae(levels=4)
     if model_id in ("tiny-image", "tiny-image-flagged"):
         checker, extractor = _flag_everything_checker() if model_id == "tiny-image-flagged" else (None, None)
         return _stable_diffusion(tokenizer, text_encoder, vae, checker=checker, extractor=extractor)
     if model_id == "tiny-video":
         from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
-        torch.manual_seed(SEED)
-        unet = UNet3DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
+        unet = tiny_families.sd_unet(
+            UNet3DConditionModel,
             down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
             up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
             block_out_channels=(16, 32),
-            layers_per_block=1,
-            cross_attention_dim=TEXT_DIM,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        ).eval()
+        )
         return TextToVideoSDPipeline(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler()
         )

@@ -20,6 +20,50 @@ SEED = 0
 TEXT_DIM = 32
 #: the Wan/LTX/CogVideoX pipelines tokenise to a fixed length; keep the twins' short
 T5_MAX_TOKENS = 64
+#: the UNet every Stable Diffusion-family twin starts from (SD, its text-to-video sibling, SDXL, the
+#: x4 upscaler): two levels, cross-attention on the CLIP text; each overrides what its real model changes
+SD_UNET: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "cross_attention_dim": TEXT_DIM,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+
+
+def sd_unet(unet_class: Any, **overrides: Any) -> Any:
+    """`SD_UNET` with a family's `overrides`, built under the fixed seed (so a twin's weights depend
+    on nothing built before it)."""
+    import torch
+
+    torch.manual_seed(SEED)
+    return unet_class(**{**SD_UNET, **overrides}).eval()
+
+
+def sd_vae(*, levels: int, **overrides: Any) -> Any:
+    """The Stable Diffusion VAE at toy width, with `levels` blocks: each level past the first halves
+    the picture (4 for SD's 8x latent, 3 for the upscaler's 4x)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(SEED)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=(8, 16, 16, 16)[:levels],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        **overrides,
+    ).eval()
 
 
 def t5_tokenizer() -> Any:
@@ -248,15 +292,8 @@ def build_sdxl(*, tokenizer: Any, text_encoder: Any, vae: Any) -> Any:
 
     torch.manual_seed(SEED)
     text_encoder_2 = CLIPTextModelWithProjection(text_encoder.config).eval()
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = sd_unet(
+        UNet2DConditionModel,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -265,8 +302,7 @@ def build_sdxl(*, tokenizer: Any, text_encoder: Any, vae: Any) -> Any:
         # six size/crop numbers embedded at 8 each, plus the pooled text of encoder 2
         projection_class_embeddings_input_dim=8 * 6 + TEXT_DIM,
         cross_attention_dim=TEXT_DIM * 2,
-        norm_num_groups=8,
-    ).eval()
+    )
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -285,42 +321,10 @@ def build_upscale(*, tokenizer: Any, text_encoder: Any) -> Any:
     """The x4 upscaler's layout: a 3-block VAE (4x, scaling 0.08333) whose latent is the size of the
     low-resolution picture, and a UNet that reads 4 latent + 3 picture channels and embeds the
     noise level added to the picture as a class label."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        DDPMScheduler,
-        StableDiffusionUpscalePipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
 
-    torch.manual_seed(SEED)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.08333,
-    ).eval()
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=7,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        cross_attention_dim=TEXT_DIM,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        num_class_embeds=1000,
-    ).eval()
+    vae = sd_vae(levels=3, scaling_factor=0.08333)
+    unet = sd_unet(UNet2DConditionModel, sample_size=16, in_channels=7, num_class_embeds=1000)
     schedule = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "scaled_linear"}
     return StableDiffusionUpscalePipeline(
         vae=vae,
