@@ -25,21 +25,15 @@ stop, and reads from that log every module the process imported over its whole l
 from __future__ import annotations
 
 import ast
-import asyncio
-import json
 import logging
-import os
 import signal
-import socket
 import subprocess
-import sys
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 log = logging.getLogger(__name__)
@@ -209,53 +203,11 @@ def top_level(modules: set[str]) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 async def test_rest_only_process_never_imports_discord(tmp_path: Path, tiny_model_cache: Path) -> None:
-    from tests.web.conftest import API_KEYS
+    from tests.web.rest_process import rest_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "API_", "STORE_"))},
-        "PYTHONPATH": str(ROOT),
-        "PYTHONPROFILEIMPORTTIME": "1",
-        "STORE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
-        "RESULTS_DIR": str(tmp_path / "results"),
-        "MODEL_CACHE_DIR": str(tiny_model_cache),
-        "IMAGE_MODEL": "tiny-image",
-        "VIDEO_MODEL": "tiny-video",
-        "DEVICE": "cpu",
-        "DTYPE": "fp32",
-        "HF_OFFLINE": "true",
-        "SAFETY_CHECKER": "false",
-        "WEB_HOST": "127.0.0.1",
-        "WEB_PORT": str(port),
-        "PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "API_KEYS": json.dumps(API_KEYS),
-    }
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot.web", cwd=tmp_path, env=env, stdout=out, stderr=out
-        )
-    try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(120):
-            while True:
-                assert proc.returncode is None, log_path.read_text()[-3000:]
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            assert await proc.wait() == 0, log_path.read_text()[-3000:]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    modules = imported_at_runtime(log_path.read_text(errors="replace"))
+    async with rest_server(tmp_path, tiny_model_cache, PYTHONPROFILEIMPORTTIME="1") as server:
+        await server.stop()
+    modules = imported_at_runtime(server.log_path.read_text(errors="replace"))
     # the log is read right: the lazily imported wiring and the GPU side are in it
     assert {"bot.services", "bot.web.app", "generation.pipelines"} <= modules
     assert "discord" not in top_level(modules), sorted(m for m in modules if m.startswith("discord"))

@@ -21,6 +21,7 @@ import pytest
 
 from tests.bot.conftest import bot_env, free_port
 from tests.fake_discord import FakeDiscord
+from tests.processes import child
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +31,8 @@ SECRET = "s3cret-that-must-not-show"
 
 
 async def run_cli(module: str, env: dict[str, str], cwd: Path) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        env=env,
-        cwd=cwd,
-        stderr=asyncio.subprocess.STDOUT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with child(sys.executable, "-m", module, env=env, cwd=cwd) as proc:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     return proc.returncode or 0, out.decode()
 
 
@@ -159,17 +147,8 @@ async def until_line(stream: asyncio.StreamReader, needle: str, seen: list[str])
 
 async def retries_until_stopped(module: str, env: dict[str, str], cwd: Path, needle: str) -> str:
     """Start `module`, wait for two retry lines containing `needle`, SIGTERM it; the first line."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        env=env,
-        cwd=cwd,
-        stderr=asyncio.subprocess.STDOUT,
-        stdout=asyncio.subprocess.PIPE,
-    )
     seen: list[str] = []
-    try:
+    async with child(sys.executable, "-m", module, env=env, cwd=cwd) as proc:
         assert proc.stdout is not None
         async with asyncio.timeout(60):
             first = await until_line(proc.stdout, needle, seen)
@@ -178,10 +157,6 @@ async def retries_until_stopped(module: str, env: dict[str, str], cwd: Path, nee
         rest, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
         seen.append(rest.decode())
         assert proc.returncode == 0, "".join(seen)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     output = "".join(seen)
     assert "Traceback" not in output and SECRET not in output
     assert "retrying in" in first
@@ -239,24 +214,11 @@ async def test_a_wrong_token_stops_start_up_with_a_clear_message(
 async def test_a_public_url_on_another_port_is_warned_about(env: dict[str, str], tmp_path: Path) -> None:
     port = int(env["WEB_PORT"])
     env = {**env, "PUBLIC_URL": f"http://127.0.0.1:{port + 1}"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.web",
-        env=env,
-        cwd=tmp_path,
-        stderr=asyncio.subprocess.STDOUT,
-        stdout=asyncio.subprocess.PIPE,
-    )
     seen: list[str] = []
-    try:
+    async with child(sys.executable, "-m", "bot.web", env=env, cwd=tmp_path) as proc:
         assert proc.stdout is not None
         async with asyncio.timeout(60):
             line = await until_line(proc.stdout, "PUBLIC_URL", seen)
         proc.send_signal(signal.SIGTERM)  # honoured once the models have loaded
         await asyncio.wait_for(proc.communicate(), timeout=150)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     assert "WARNING" in line and f"port {port + 1}" in line and f"listens on {port}" in line
