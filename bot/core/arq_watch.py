@@ -33,7 +33,7 @@ from bot.core.executor import Outcome, WorkerInfo, call_sink
 from bot.core.jobs import JobState
 from generation import failures
 from generation.phases import JobPhase
-from generation.scaleout import decode_hash
+from generation.scaleout import BATCH_FIELD, decode_hash
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,9 @@ class WorkerWatch(ArqHandoff):
         if queued and not in_progress:
             h.bad_since = None  # waiting in arq's queue for a free GPU
             return
+        if h.lead is not None and h.lead in self._by_arq:
+            h.bad_since = None  # a companion shares its lead's fate: re-enqueued or lost with it
+            return
         now = time.monotonic()
         if h.bad_since is None:
             h.bad_since = now
@@ -155,6 +158,11 @@ class WorkerWatch(ArqHandoff):
         h.bad_since = None
         if h.phase != JobPhase.ENQUEUED:
             h.phase = JobPhase.ENQUEUED
+        if BATCH_FIELD in h.payload:  # companions that ended meanwhile do not run again
+            still = [c for c in h.payload[BATCH_FIELD] if c["arq_id"] in self._by_arq]
+            h.payload[BATCH_FIELD] = still
+            if not still:
+                del h.payload[BATCH_FIELD]
         await self._enqueue(h)
 
     async def _worker_lost(self, h: HandedJob, worker: str) -> None:
