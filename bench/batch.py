@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +27,8 @@ import torch
 from PIL import Image
 
 from bench.common import emit
-from bench.queue import DeliveryLike, bench_settings, percentiles, video_job
+from bench.queue import percentiles, started_queue, video_job
 from bot.core.jobs import Job
-from bot.core.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -63,31 +60,12 @@ def image_job(user: str, *, n: int, steps: int, size: int) -> Job:
     )
 
 
-@contextlib.asynccontextmanager
-async def tiny_queue(tmp: Path, **overrides: Any) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
-    """A started queue with the in-process executor (both tiny twins preloaded) on SQLite."""
-    from bot.core.inprocess import InProcessExecutor
-    from bot.core.store.sqlite import SQLiteStore
-
-    settings = bench_settings(tmp, **overrides)
-    store = SQLiteStore(path=tmp / "bot.db")
-    await store.open()
-    executor = InProcessExecutor(settings=settings, preload=("tiny-image", "tiny-video"))
-    queue = JobQueue(settings=settings, store=store, executor=executor)
-    delivery = DeliveryLike(queue)
-    queue.add_listener(delivery)
-    await queue.start()
-    try:
-        yield queue, delivery
-    finally:
-        await queue.stop(graceful=False, timeout_s=10)
-        await store.close()
-
-
 async def _one_mode(args: argparse.Namespace, batch_max: int) -> dict[str, Any]:
     """Run the N jobs behind a blocker with BATCH_MAX_IMAGES=`batch_max`; times and pictures."""
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as name:
-        async with tiny_queue(Path(name), batch_max_images=batch_max) as (queue, delivery):
+        async with started_queue(
+            Path(name), preload=("tiny-image", "tiny-video"), batch_max_images=batch_max
+        ) as (queue, delivery):
             delivery.expected = 1
             await queue.submit(image_job("warmup", n=999, steps=args.steps, size=args.size))
             await asyncio.wait_for(delivery.all_done.wait(), timeout=120)

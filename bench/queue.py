@@ -159,26 +159,40 @@ class DeliveryLike:
 
 
 @contextlib.asynccontextmanager
-async def tiny_video_queue(**overrides: Any) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
-    """A started queue with the in-process executor (tiny twins preloaded) on a temp SQLite file."""
+async def started_queue(
+    folder: Path, *, preload: tuple[str, ...] = ("tiny-video",), **overrides: Any
+) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
+    """A started queue on a SQLite file in `folder`: arq when the settings name a QUEUE_URL, else the
+    in-process executor with the `preload` twins loaded first (so no bench times a model load)."""
     from bot.core.inprocess import InProcessExecutor
     from bot.core.store.sqlite import SQLiteStore
 
+    settings = bench_settings(folder, **overrides)
+    store = SQLiteStore(path=folder / "bot.db")
+    await store.open()
+    if settings.queue_url:
+        from bot.core.arq_executor import ArqExecutor
+
+        executor: Any = ArqExecutor(settings=settings)
+    else:
+        executor = InProcessExecutor(settings=settings, preload=preload)
+    queue = JobQueue(settings=settings, store=store, executor=executor)
+    delivery = DeliveryLike(queue)
+    queue.add_listener(delivery)
+    await queue.start()
+    try:
+        yield queue, delivery
+    finally:
+        await queue.stop(graceful=False, timeout_s=10)
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def tiny_video_queue(**overrides: Any) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
+    """`started_queue` in a temporary folder of its own."""
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp_name:
-        tmp = Path(tmp_name)
-        settings = bench_settings(tmp, **overrides)
-        store = SQLiteStore(path=tmp / "bot.db")
-        await store.open()
-        executor = InProcessExecutor(settings=settings, preload=("tiny-video",))
-        queue = JobQueue(settings=settings, store=store, executor=executor)
-        delivery = DeliveryLike(queue)
-        queue.add_listener(delivery)
-        await queue.start()
-        try:
-            yield queue, delivery
-        finally:
-            await queue.stop(graceful=False, timeout_s=10)
-            await store.close()
+        async with started_queue(Path(tmp_name), **overrides) as started:
+            yield started
 
 
 # --------------------------------------------------------------------------- the queue bench

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from bench.common import emit
-from bench.queue import BENCH_MODEL_CACHE, DeliveryLike, bench_settings, video_job
+from bench.queue import BENCH_MODEL_CACHE, DeliveryLike, bench_settings, started_queue, video_job
 from bot.core.jobs import Job
 from bot.core.queue import JobQueue
 
@@ -125,28 +125,10 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def bot_queue(tmp: Path, name: str, **overrides: Any) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
-    from bot.core.arq_executor import ArqExecutor
-    from bot.core.inprocess import InProcessExecutor
-    from bot.core.store.sqlite import SQLiteStore
-
     folder = tmp / name
     folder.mkdir()
-    settings = bench_settings(folder, **overrides)
-    store = SQLiteStore(path=folder / "bot.db")
-    await store.open()
-    if settings.queue_url:
-        executor: Any = ArqExecutor(settings=settings)
-    else:
-        executor = InProcessExecutor(settings=settings, preload=("tiny-video",))
-    queue = JobQueue(settings=settings, store=store, executor=executor)
-    delivery = DeliveryLike(queue)
-    queue.add_listener(delivery)
-    await queue.start()
-    try:
-        yield queue, delivery
-    finally:
-        await queue.stop(graceful=False, timeout_s=10)
-        await store.close()
+    async with started_queue(folder, **overrides) as started:
+        yield started
 
 
 async def _wait_workers(queue: JobQueue, n: int, within_s: float = 180.0) -> None:
