@@ -200,14 +200,12 @@ class Actions:
         await self.bot.delivery.post_image(channel, job, n, data, user_id=str(interaction.user.id))
         await interaction.followup.send(f"Posted image {n}.", ephemeral=True, allowed_mentions=NONE)
 
-    async def animate(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> Job:
-        """`Animate`: an image-to-video job (`I2V_MODEL`) from image n of a result, with its prompt.
-
-        The picture is copied into the inputs folder, so the new job keeps its first frame even
-        if the original result is deleted."""
+    async def _picture_as_input(self, job_id: str, n: int, *, use: str) -> tuple[Job, str]:
+        """Image n of a result and its copy in the inputs folder, where a new job can keep it even if
+        the result is deleted; `use` ("animated", "upscaled") names the refusal when it is gone."""
         parent = await self.bot.store.get_job(job_id)
         if parent is None or parent.kind != "image" or not parent.result_path or n > parent.units:
-            raise InvalidRequest("That picture is gone, so it cannot be animated.")
+            raise InvalidRequest(f"That picture is gone, so it cannot be {use}.")
         source = Path(parent.result_path)
         if parent.units > 1:
             source = part_path(source, parent.id, n)
@@ -215,6 +213,14 @@ class Actions:
         image = await asyncio.to_thread(
             keep_result_as_input, settings.results_dir, source, settings.input_limits
         )
+        return parent, image
+
+    async def animate(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> Job:
+        """`Animate`: an image-to-video job (`I2V_MODEL`) from image n of a result, with its prompt.
+
+        The picture is copied into the inputs folder, so the new job keeps its first frame even
+        if the original result is deleted."""
+        parent, image = await self._picture_as_input(job_id, n, use="animated")
         raw = {"prompt": parent.prompt, "negative_prompt": parent.negative_prompt, "image": image}
         return await self.submit_new(
             interaction, kind="video", raw=raw, parent_id=parent.id, lineage="animated"
@@ -222,16 +228,7 @@ class Actions:
 
     async def upscale(self, job_id: str, n: int, *, interaction: discord.Interaction[Any]) -> Job:
         """`Upscale`: image n of a result, copied into the inputs folder, upscaled by `UPSCALE_MODEL`."""
-        parent = await self.bot.store.get_job(job_id)
-        if parent is None or parent.kind != "image" or not parent.result_path or n > parent.units:
-            raise InvalidRequest("That picture is gone, so it cannot be upscaled.")
-        source = Path(parent.result_path)
-        if parent.units > 1:
-            source = part_path(source, parent.id, n)
-        settings = self.bot.settings
-        image = await asyncio.to_thread(
-            keep_result_as_input, settings.results_dir, source, settings.input_limits
-        )
+        parent, image = await self._picture_as_input(job_id, n, use="upscaled")
         return await self.submit_upscale(
             interaction, image=image, prompt=parent.prompt, parent_id=parent.id
         )
