@@ -15,6 +15,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from bot.core.queue import BaseJobListener
+
 log = logging.getLogger(__name__)
 
 MEDIA_TYPES = {
@@ -56,7 +58,7 @@ def is_video(path: str | Path) -> bool:
     return media_type(path).startswith("video/")
 
 
-class PosterIndex:
+class PosterIndex(BaseJobListener):
     """Poster frame of each video result; also a queue listener (only `on_finished` matters)."""
 
     def __init__(self, *, results_dir: str | Path) -> None:
@@ -66,15 +68,6 @@ class PosterIndex:
         self._lock = asyncio.Lock()
 
     # queue listener ------------------------------------------------------------------------
-    async def on_queued(self, job: Any) -> None:
-        return None
-
-    async def on_started(self, job: Any) -> None:
-        return None
-
-    async def on_progress(self, job: Any, step: int, total: int, preview_png: bytes | None) -> None:
-        return None
-
     async def on_finished(self, job: Any, result: Any) -> None:
         poster = getattr(result, "poster_path", None) if result is not None else None
         if poster:

@@ -25,7 +25,7 @@ import jinja2
 from aiohttp import web
 
 from bot.core.jobs import Job, JobState
-from bot.core.queue import RunningEntry
+from bot.core.queue import BaseJobListener, RunningEntry
 from bot.core.store import Store, StoreUnavailable
 from bot.web.downloads import Publicity
 from bot.web.keys import CHECKS_KEY, QUEUE_KEY, STORE_KEY, TROUBLE_KEY
@@ -51,20 +51,11 @@ _templates = jinja2.Environment(
 )
 
 
-class RecentTrouble:
+class RecentTrouble(BaseJobListener):
     """Queue listener remembering the last failed and cancelled jobs (only `on_finished` matters)."""
 
     def __init__(self, size: int = TROUBLE_SIZE) -> None:
         self.jobs: deque[Job] = deque(maxlen=size)
-
-    async def on_queued(self, job: Any) -> None:
-        return None
-
-    async def on_started(self, job: Any) -> None:
-        return None
-
-    async def on_progress(self, job: Any, step: int, total: int, preview_png: bytes | None) -> None:
-        return None
 
     async def on_finished(self, job: Any, result: Any) -> None:
         if getattr(job, "state", None) in (JobState.FAILED, JobState.CANCELLED):
