@@ -208,6 +208,18 @@ def check_job_changes(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def finish_changes(state: JobState | str, changes: dict[str, Any]) -> dict[str, Any]:
+    """What a driver's `finish_job` writes: the checked `changes`, the final `state`, the lease
+    released, and the time it finished unless the caller gave it."""
+    state = JobState(state)
+    if not state.is_final:
+        raise ValueError(f"finish_job needs a final state, not {state.value!r}")
+    out = check_job_changes(changes)
+    out.update(state=state, lease_owner=None, lease_expires_at=None)
+    out.setdefault("finished_at", datetime.now(UTC))
+    return out
+
+
 def check_collection(collection: str) -> str:
     if collection not in COLLECTIONS:
         raise ValueError(f"unknown collection {collection!r}: one of {', '.join(COLLECTIONS)}")

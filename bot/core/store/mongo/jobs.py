@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from bot.core.jobs import Job, JobState
-from bot.core.store.base import check_job_changes
+from bot.core.store.base import check_job_changes, finish_changes
 from bot.core.store.mongo.connection import MongoConnection
 from bot.core.store.mongo.documents import FINAL, job_doc, job_from_doc, mongo_value, to_bson_time
 
@@ -68,12 +68,7 @@ class MongoJobs(MongoConnection):
     async def finish_job(
         self, job_id: str, *, owner: str | None, state: JobState, **changes: Any
     ) -> Job | None:
-        state = JobState(state)
-        if not state.is_final:
-            raise ValueError(f"finish_job needs a final state, not {state.value!r}")
-        changes = check_job_changes(changes)
-        changes.update(state=state, lease_owner=None, lease_expires_at=None)
-        changes.setdefault("finished_at", datetime.now(UTC))
+        changes = finish_changes(state, changes)
         query: dict[str, Any] = {"_id": job_id, "state": {"$nin": FINAL}}
         if owner is not None:
             query["lease_owner"] = owner

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from bot.core.jobs import Job, JobState
-from bot.core.store.base import check_job_changes
+from bot.core.store.base import check_job_changes, finish_changes
 from bot.core.store.sqlite.connection import SQLiteConnection
 from bot.core.store.sqlite.rows import FINAL, INSERT_JOB, SELECT, job_row, set_clause, to_ms
 
@@ -62,14 +62,7 @@ class SQLiteJobs(SQLiteConnection):
     async def finish_job(
         self, job_id: str, *, owner: str | None, state: JobState, **changes: Any
     ) -> Job | None:
-        state = JobState(state)
-        if not state.is_final:
-            raise ValueError(f"finish_job needs a final state, not {state.value!r}")
-        changes = check_job_changes(changes)
-        changes["state"] = state
-        changes["lease_owner"] = None
-        changes["lease_expires_at"] = None
-        changes.setdefault("finished_at", datetime.now(UTC))
+        changes = finish_changes(state, changes)
         clause, params = set_clause(changes)
         where = "id = ? AND state NOT IN (?, ?, ?)"
         args: list[Any] = [*params, job_id, *FINAL]
