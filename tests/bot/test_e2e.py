@@ -10,8 +10,6 @@ import io
 import itertools
 import logging
 import re
-import shutil
-import subprocess
 import time
 
 import aiohttp
@@ -20,6 +18,8 @@ import yarl
 from PIL import Image
 
 from bot.core.store.sqlite import SQLiteStore
+from generation.media import have_ffprobe
+from generation.media_probe import probe
 from tests.bot.conftest import API_SECRET, SMALL_UPLOAD_LIMIT, BotProcess, start_bot, stop_bot
 from tests.fake_discord import FakeInteraction, FakeMessage
 
@@ -132,15 +132,9 @@ async def test_video_posts_a_playable_h264_mp4(running_bot: BotProcess) -> None:
     assert mp4.data[4:8] == b"ftyp"
     fields = {f["name"]: f["value"] for f in message.embed["fields"]}
     assert fields["Frames"] == "16 @ 8 fps"
-    if shutil.which("ffprobe"):
-        probe = subprocess.run(  # noqa: ASYNC221 - a test reading a file it holds, nothing else waits
-            ["ffprobe", "-v", "error", "-show_streams", "-of", "json", "-"],
-            input=mp4.data,
-            capture_output=True,
-            check=True,
-        )
-        assert b'"codec_name": "h264"' in probe.stdout and b'"pix_fmt": "yuv420p"' in probe.stdout
-        assert b'"nb_frames": "16"' in probe.stdout
+    if have_ffprobe():
+        info = probe(mp4.data)
+        assert (info["codec"], info["pix_fmt"], info["frames"]) == ("h264", "yuv420p", 16)
 
 
 async def test_video_on_wan_snaps_the_frame_count_tells_the_member_and_delivers_it(
@@ -158,14 +152,9 @@ async def test_video_on_wan_snaps_the_frame_count_tells_the_member_and_delivers_
     assert mp4 is not None and mp4.filename.endswith(".mp4")
     fields = {f["name"]: f["value"] for f in message.embed["fields"]}
     assert fields["Model"] == "tiny-wan" and fields["Frames"] == "9 @ 16 fps"
-    if shutil.which("ffprobe"):
-        probe = subprocess.run(  # noqa: ASYNC221 - a test reading a file it holds, nothing else waits
-            ["ffprobe", "-v", "error", "-show_streams", "-of", "json", "-"],
-            input=mp4.data,
-            capture_output=True,
-            check=True,
-        )
-        assert b'"codec_name": "h264"' in probe.stdout and b'"nb_frames": "9"' in probe.stdout
+    if have_ffprobe():
+        info = probe(mp4.data)
+        assert (info["codec"], info["frames"]) == ("h264", 9)
 
 
 async def test_progress_and_preview_edited_no_more_than_every_two_seconds_and_heartbeats_on_time(

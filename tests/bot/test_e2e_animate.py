@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from generation.media import have_ffprobe
+from generation.media_probe import probe
 from tests.bot.conftest import BotProcess
 from tests.bot.test_e2e import QUEUED, TINY, ask, job_id_of, private_reply, queue_job, result_message
 from tests.fake_discord import FakeAttachment, FakeMessage
@@ -40,14 +40,9 @@ def kept_inputs(bot: BotProcess) -> list[Path]:
 def assert_h264_mp4(message: FakeMessage) -> dict[str, str]:
     mp4 = message.attachment
     assert mp4 is not None and mp4.filename.endswith(".mp4") and mp4.data[4:8] == b"ftyp"
-    if shutil.which("ffprobe"):
-        probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-show_streams", "-of", "json", "-"],
-            input=mp4.data,
-            capture_output=True,
-            check=True,
-        )
-        assert b'"codec_name": "h264"' in probe.stdout and b'"pix_fmt": "yuv420p"' in probe.stdout
+    if have_ffprobe():
+        info = probe(mp4.data)
+        assert (info["codec"], info["pix_fmt"]) == ("h264", "yuv420p")
     return {f["name"]: f["value"] for f in message.embed["fields"]}
 
 
