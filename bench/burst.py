@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from bench.common import emit
-from bench.queue import tiny_video_queue, video_job
+from bench.queue import tiny_video_queue, video_burst_args, video_job, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,7 @@ TARGET_RATIO = 0.95
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     async with tiny_video_queue() as (queue, delivery):
-        await queue.submit(video_job("warmup", steps=args.steps, frames=args.frames))
-        delivery.expected = 1
-        await asyncio.wait_for(delivery.all_done.wait(), timeout=120)
-        delivery.all_done.clear()
-        delivery.expected = 1 + args.jobs
-
+        await warm_up(queue, delivery, args)
         ids = []
         for n in range(args.jobs):
             submitted = await queue.submit(
@@ -73,13 +68,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> bool:
-    parser = argparse.ArgumentParser(prog="python -m bench burst")
-    parser.add_argument("--jobs", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--torch-threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.torch_threads)
+    args = video_burst_args("burst", argv)
     figures = asyncio.run(_run(args))
     passed = figures["ratio"] >= TARGET_RATIO
     emit("burst", figures, passed=passed, target=f"throughput >= {TARGET_RATIO} x 1 / (GPU seconds per job)")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from bench.common import emit
-from bench.queue import percentiles, tiny_video_queue, video_job
+from bench.queue import percentiles, tiny_video_queue, video_burst_args, video_job, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,7 @@ TARGET_MAX_MS = 100.0
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     async with tiny_video_queue(progress_edit_interval_s=0.5, preview_every_steps=2) as (queue, delivery):
-        # warm-up: one job so first-call costs (kernel selection, imports in ffmpeg) stay out
-        warm = await queue.submit(video_job("warmup", steps=args.steps, frames=args.frames))
-        delivery.expected = 1
-        await asyncio.wait_for(delivery.all_done.wait(), timeout=120)
-        assert warm.job.id in delivery.delivered
-        delivery.all_done.clear()
-        delivery.expected = 1 + args.jobs
-
+        warm = await warm_up(queue, delivery, args)
         lags: list[float] = []
         stop = asyncio.Event()
 
@@ -59,7 +52,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         wall = time.perf_counter() - t0
         stop.set()
         await tick_task
-        gpu = [j.gpu_seconds or 0.0 for j in delivery.jobs.values() if j.id != warm.job.id]
+        gpu = [j.gpu_seconds or 0.0 for j in delivery.jobs.values() if j.id != warm.id]
         figures: dict[str, Any] = {
             "jobs": args.jobs,
             "job_shape": f"tiny-video 64x64, {args.frames} frames, {args.steps} steps",
@@ -72,13 +65,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> bool:
-    parser = argparse.ArgumentParser(prog="python -m bench loop_lag")
-    parser.add_argument("--jobs", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--torch-threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.torch_threads)
+    args = video_burst_args("loop_lag", argv)
     figures = asyncio.run(_run(args))
     lag = figures["lag"]
     passed = lag["p99_ms"] < TARGET_P99_MS and lag["max_ms"] < TARGET_MAX_MS

@@ -195,6 +195,33 @@ async def tiny_video_queue(**overrides: Any) -> AsyncIterator[tuple[JobQueue, De
             yield started
 
 
+def video_burst_args(name: str, argv: list[str]) -> argparse.Namespace:
+    """The options of the benches that push a burst of tiny-video jobs through the in-process
+    executor; torch gets `--torch-threads` (1 leaves the second core of a 2-core box to the loop)."""
+    import torch
+
+    parser = argparse.ArgumentParser(prog=f"python -m bench {name}")
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--torch-threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
+    return args
+
+
+async def warm_up(queue: JobQueue, delivery: DeliveryLike, args: argparse.Namespace) -> Job:
+    """One job through first, so first-call costs (kernel selection, ffmpeg's start) stay out of
+    the figures; `delivery` then waits for the `args.jobs` that follow."""
+    warm = await queue.submit(video_job("warmup", steps=args.steps, frames=args.frames))
+    delivery.expected = 1
+    await asyncio.wait_for(delivery.all_done.wait(), timeout=120)
+    assert warm.job.id in delivery.delivered
+    delivery.all_done.clear()
+    delivery.expected = 1 + args.jobs
+    return warm.job
+
+
 # --------------------------------------------------------------------------- the queue bench
 
 
