@@ -35,10 +35,39 @@ ABORT_POLL_S = 0.2
 
 async def run_batch(rt: WorkerRuntime, lead_id: str, raw: dict[str, Any]) -> dict[str, Any]:
     """Run the lead and its companions as one pipeline call; returns the lead's report (arq
-    records it), while each companion's report is written under its own id as it ends."""
+    records it), while each companion's report is written under its own id as it ends.
+
+    The lead's cancel (arq's abort) may land while the batch is still being handed to the GPU
+    thread: the hand-over finishes regardless, so the companions still run, and the lead then
+    leaves the call as at any other step."""
+    handing = asyncio.ensure_future(_hand_over(rt, lead_id, raw))
+    cancelled = False
+    while not handing.done():
+        try:
+            await asyncio.shield(handing)
+        except asyncio.CancelledError:
+            cancelled = True
+    members, refused = handing.result()
+    if cancelled and (task := asyncio.current_task()) is not None:
+        task.uncancel()
+    if refused is not None:
+        return refused
+    assert rt.runner is not None
+    if cancelled:
+        log.info("job %s: cancel received, it leaves its batch", lead_id)
+        rt.runner.cancel(lead_id)
+    result = await rt._wait(lead_id, rt.done_futures[lead_id])
+    await rt._gpu_released(lead_id)
+    return await rt._report(members[lead_id], result)
+
+
+async def _hand_over(
+    rt: WorkerRuntime, lead_id: str, raw: dict[str, Any]
+) -> tuple[dict[str, JobPayload], dict[str, Any] | None]:
+    """The members read, checked and handed to the GPU thread as one call; with a report for
+    the lead instead when it does not run (damaged, or refused with the whole batch)."""
     members: dict[str, JobPayload] = {}
     items: list[RunItem] = []
-    lead_report = _report(rt, "failed", failures.DAMAGED)
     companions = {str(c["arq_id"]): dict(c["payload"]) for c in raw.get(BATCH_FIELD) or []}
     aborted = await _aborted(rt, list(companions))
     for arq_id, data in [(lead_id, raw), *companions.items()]:
@@ -55,17 +84,18 @@ async def run_batch(rt: WorkerRuntime, lead_id: str, raw: dict[str, Any]) -> dic
         members[arq_id] = payload
         items.append(item)
     if not items:
-        return lead_report
-    return await _run(rt, lead_id, members, items, lead_report)
+        return members, _report(rt, "failed", failures.DAMAGED)
+    refused = await _submit(rt, lead_id, members, items)
+    if refused is None and lead_id not in members:
+        refused = _report(rt, "failed", failures.DAMAGED)
+    return members, refused
 
 
-async def _run(
-    rt: WorkerRuntime,
-    lead_id: str,
-    members: dict[str, JobPayload],
-    items: list[RunItem],
-    lead_report: dict[str, Any],
-) -> dict[str, Any]:
+async def _submit(
+    rt: WorkerRuntime, lead_id: str, members: dict[str, JobPayload], items: list[RunItem]
+) -> dict[str, Any] | None:
+    """One call for every member on the GPU thread, the companions' ends watched; None when
+    taken, else the lead's report."""
     loop = asyncio.get_running_loop()
     for item in items:
         rt.jobs[item.key] = JobPhase.RUNNING
@@ -87,11 +117,7 @@ async def _run(
     others = [key for key in members if key != lead_id]
     log.info("jobs %s run as one batch on worker %s", ", ".join(members), rt.worker_id)
     rt.spawn_task(_companions(rt, {key: members[key] for key in others}))
-    if lead_id not in members:
-        return lead_report
-    result = await rt._wait(lead_id, rt.done_futures[lead_id])
-    await rt._gpu_released(lead_id)
-    return await rt._report(members[lead_id], result)
+    return None
 
 
 async def _companions(rt: WorkerRuntime, members: dict[str, JobPayload]) -> None:

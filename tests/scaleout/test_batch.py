@@ -1,9 +1,10 @@
 """Cross-member batching on arq workers: the bot hands a batch to one worker in one arq job, the
 worker runs it as one pipeline call, and each member's job still ends, cancels and is paid for on
 its own, and a lost worker's batch is re-run whole. The batch's lead (the one member that is the
-arq job) cancelled while the batch runs or while it still waits in arq's queue takes nobody else
-with it, and a Redis restart mid-batch, or an outage across the batch's end, loses no member and
-costs nobody a try. Real redis-server, real `python -m generation.worker` processes, tiny twins."""
+arq job) cancelled while the batch runs, while it still waits in arq's queue, or in the instant a
+worker is handing it to its GPU thread takes nobody else with it; a Redis restart mid-batch, or an
+outage across the batch's end, loses no member and costs nobody a try. Real redis-server, real
+`python -m generation.worker` processes, tiny twins."""
 
 from __future__ import annotations
 
@@ -12,17 +13,26 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from arq.connections import create_pool
+from arq.constants import result_key_prefix
+from arq.jobs import deserialize_result
 from PIL import Image
 
 from bot.core.jobs import Job, JobState
 from generation import failures
 from generation.models import ModelSpec
+from generation.pipelines import PipelineManager
+from generation.scaleout import BATCH_FIELD, ScaleoutSettings, redis_settings
+from generation.settings import GenerationSettings
+from generation.worker_runtime import WorkerRuntime
 from tests.queue.conftest import make_job, wait_for
 from tests.scaleout.conftest import HEALTH_CHECK_S, Bot, Cluster
 from tests.scaleout.test_scaleout import SLOW, assert_delivered_once, slow_job, until_nothing_is_left_to_run
+from tests.scaleout.test_transfer import payload_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -84,6 +94,16 @@ async def until_logged(path: Path, text: str, within_s: float = 60.0) -> None:
         while True:
             if text in await asyncio.to_thread(path.read_text, errors="replace"):
                 return
+            await asyncio.sleep(0.05)
+
+
+async def results(redis: Any, arq_ids: list[str], within_s: float = 30.0) -> list[dict[str, Any]]:
+    """The reports under arq's result keys of `arq_ids`, once all are there."""
+    keys = [result_key_prefix + i for i in arq_ids]
+    async with asyncio.timeout(within_s):
+        while True:
+            if await redis.exists(*keys) == len(keys):
+                return [deserialize_result(await redis.get(key)).result for key in keys]
             await asyncio.sleep(0.05)
 
 
@@ -332,3 +352,44 @@ async def test_redis_down_until_the_batch_has_ended_reruns_it_and_each_member_en
         if job is not lead:
             record = await bot.store.get_job(job.id)
             assert record is not None and record.timings.get("batch_size") == 3
+
+
+async def test_a_lead_cancelled_while_its_batch_is_handed_to_the_gpu_still_runs_its_companions(
+    cluster: Cluster,
+    tiny_settings: GenerationSettings,
+    tiny_registry: dict[str, ModelSpec],
+    isolated_pipeline_manager: PipelineManager,
+) -> None:
+    """arq's abort of the lead can land in the instant between a worker taking the batch and the
+    GPU thread holding it; the companions must still run and end (a worker in this process, so
+    that the abort lands exactly there)."""
+    cluster.ensure()
+    overrides = {"queue_url": cluster.redis.url, "queue_name": "inproc", "worker_name": "inproc"}
+    settings = ScaleoutSettings(_env_file=None, **{**tiny_settings.model_dump(), **overrides})  # type: ignore[arg-type]
+    rt = WorkerRuntime(settings=settings, manager_factory=lambda: isolated_pipeline_manager, preload=())
+    redis = await create_pool(redis_settings(cluster.redis.url))
+    await rt.startup({"redis": redis})
+    try:
+        jobs = [
+            make_job(
+                tiny_registry, user, kind="image", prompt=f"{user} wren", seed=i, steps=2, width=64, height=64
+            )
+            for i, user in enumerate(("amy", "ben", "cat"))
+        ]
+        ids = [f"{job.id}.1.1" for job in jobs]
+        raw = payload_for(jobs[0]).to_dict()
+        raw[BATCH_FIELD] = [
+            {"arq_id": i, "payload": payload_for(j).to_dict()} for i, j in zip(ids[1:], jobs[1:], strict=True)
+        ]
+        run = asyncio.create_task(rt.run(ids[0], raw))
+        await asyncio.sleep(0)  # the batch is being handed over: its first wait on Redis
+        assert not run.done()
+        run.cancel()  # what arq does with an abort of the lead
+        assert (await run)["status"] == "cancelled"  # the lead left the call, as at any step
+        rt.task_ended(ids[0])  # what GatedWorker does when arq is done with the lead
+        for report in await results(redis, ids[1:]):
+            assert report["status"] == "complete" and report["media"] and report["batch_size"] >= 2
+        await wait_for(lambda: not rt.jobs, 10)  # the worker holds nobody any more
+    finally:
+        await rt.shutdown({})
+        await redis.aclose()
