@@ -46,12 +46,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from bench.common import emit
-from bench.queue import DeliveryLike, bench_settings
+from bench.queue import DeliveryLike, started_queue
 from bot.core.jobs import Job
 from bot.core.queue import JobQueue
 
@@ -129,27 +128,6 @@ class Fleet:
             self.redis.wait(timeout=10)
 
 
-@contextlib.asynccontextmanager
-async def bot_side(folder: Path, url: str) -> AsyncIterator[tuple[JobQueue, Delivery]]:
-    from bot.core.arq_executor import ArqExecutor
-    from bot.core.store.sqlite import SQLiteStore
-
-    # one job per call: the bench measures dispatch of 2 s jobs, and its sleeping workers make one
-    # output per call (cross-member batching is measured by `bench batch`)
-    settings = bench_settings(folder, queue_url=url, job_timeout_s=120.0, batch_max_images=1)
-    store = SQLiteStore(path=folder / "bot.db")
-    await store.open()
-    queue = JobQueue(settings=settings, store=store, executor=ArqExecutor(settings=settings))
-    delivery = Delivery(queue)
-    queue.add_listener(delivery)
-    await queue.start()
-    try:
-        yield queue, delivery
-    finally:
-        await queue.stop(graceful=False, timeout_s=10)
-        await store.close()
-
-
 async def run_fleet(tmp: Path, *, workers: int, jobs: int, members: int, steps: int, step_s: float,
                     per_host: int) -> dict[str, Any]:  # fmt: skip
     """One run: queue `jobs`, start `workers`, wait for every delivery; the figures."""
@@ -158,7 +136,12 @@ async def run_fleet(tmp: Path, *, workers: int, jobs: int, members: int, steps: 
     log = tmp / "runs.tsv"
     try:
         fleet.start_redis()
-        async with bot_side(tmp / "bot", fleet.url) as (queue, delivery):
+        # one job per call: the bench measures dispatch of 2 s jobs, and its sleeping workers make
+        # one output per call (cross-member batching is measured by `bench batch`)
+        bot_side = started_queue(
+            tmp / "bot", delivery_type=Delivery, queue_url=fleet.url, job_timeout_s=120.0, batch_max_images=1
+        )
+        async with bot_side as (queue, delivery):
             delivery.expected = jobs
             per_member = math.ceil(jobs / members)
             cpu0 = time.process_time()

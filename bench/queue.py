@@ -160,8 +160,12 @@ class DeliveryLike:
 
 @contextlib.asynccontextmanager
 async def started_queue(
-    folder: Path, *, preload: tuple[str, ...] = ("tiny-video",), **overrides: Any
-) -> AsyncIterator[tuple[JobQueue, DeliveryLike]]:
+    folder: Path,
+    *,
+    preload: tuple[str, ...] = ("tiny-video",),
+    delivery_type: type[DeliveryLike] = DeliveryLike,
+    **overrides: Any,
+) -> AsyncIterator[tuple[JobQueue, Any]]:
     """A started queue on a SQLite file in `folder`: arq when the settings name a QUEUE_URL, else the
     in-process executor with the `preload` twins loaded first (so no bench times a model load)."""
     from bot.core.inprocess import InProcessExecutor
@@ -177,7 +181,7 @@ async def started_queue(
     else:
         executor = InProcessExecutor(settings=settings, preload=preload)
     queue = JobQueue(settings=settings, store=store, executor=executor)
-    delivery = DeliveryLike(queue)
+    delivery = delivery_type(queue)
     queue.add_listener(delivery)
     await queue.start()
     try:
