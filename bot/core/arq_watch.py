@@ -148,17 +148,35 @@ class WorkerWatch(ArqHandoff):
             h.bad_since = now
         if not stable or now - h.bad_since < self.settings.heartbeat_ttl_s:
             return
+        await self._unheld(h, in_progress=in_progress, ran_on=ran_on, worker=worker)
+
+    async def _unheld(
+        self, h: HandedJob, *, in_progress: bool, ran_on: str | None, worker: str | None
+    ) -> None:
+        """The verdict on a job neither waiting in arq, held by a live worker nor finished, for a
+        whole heartbeat TTL of a stable Redis."""
+        if h.lead is not None and not in_progress and not h.started_reported and ran_on is None:
+            # its lead ended before any worker ran the batch (arq aborted it before start): nobody
+            # ran this one, so it goes to arq on its own, on the same try
+            log.warning("job %s: its batch's lead ended without it; handing it over alone", h.job.id)
+            h.lead = None
+            await self._hand_over_again(h)
+            return
         if in_progress or h.lead is not None:
             # a worker took it (or its batch's lead ended without it) and no live worker holds it
             await self._worker_lost(h, worker or "unknown")
             return
         # Redis forgot the job and nobody is running it: the same dispatch goes back into arq
         log.warning("job %s: no longer in Redis (a restart?); handing it over again", h.job.id)
+        await self._hand_over_again(h)
+
+    async def _hand_over_again(self, h: HandedJob) -> None:
+        """The same dispatch back into arq, with only those of its companions still waiting."""
         self.reenqueued += 1
-        h.bad_since = None
+        h.bad_since, h.in_redis = None, False
         if h.phase != JobPhase.ENQUEUED:
             h.phase = JobPhase.ENQUEUED
-        if BATCH_FIELD in h.payload:  # companions that ended meanwhile do not run again
+        if BATCH_FIELD in h.payload:
             still = [c for c in h.payload[BATCH_FIELD] if c["arq_id"] in self._by_arq]
             h.payload[BATCH_FIELD] = still
             if not still:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from arq.connections import create_pool
-from arq.constants import result_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, result_key_prefix
 from arq.jobs import deserialize_result
 from PIL import Image
 
@@ -393,3 +393,40 @@ async def test_a_lead_cancelled_while_its_batch_is_handed_to_the_gpu_still_runs_
     finally:
         await rt.shutdown({})
         await redis.aclose()
+
+
+async def test_a_lead_aborted_as_a_worker_takes_it_leaves_its_companions_to_run_on_their_first_try(
+    bot: Bot, cluster: Cluster, tiny_registry: dict[str, ModelSpec]
+) -> None:
+    queue, rec = bot.queue, bot.recorder
+    await busy_workers(bot, tiny_registry)
+    quick = {"steps": 4, "width": 64, "height": 64}
+    members = [
+        make_job(tiny_registry, user, kind="image", prompt=f"{user} lark", seed=i, **quick)
+        for i, user in enumerate(("amy", "ben", "cat"))
+    ]
+    for job in members:
+        await queue.submit(job)
+    redis = bot.executor.redis
+    assert redis is not None
+    async with ghost_worker(cluster):
+        (lead,) = await in_arq(bot, members)
+        companions = [job for job in members if job is not lead]
+        (lead_arq_id,) = [i.decode() for i in await redis.zrange(bot.executor.keys.queue, 0, -1)
+                          if i.decode().startswith(f"{lead.id}.")]  # fmt: skip
+        # the instant a worker takes the lead (arq marks it in progress), its member cancels it:
+        # the bot can no longer take it back, so it asks arq to abort it
+        await redis.set(in_progress_key_prefix + lead_arq_id, b"1")
+        await queue.cancel(lead.id, by_user_id=lead.user_id)
+        assert await redis.zscore(abort_jobs_ss, lead_arq_id) is not None
+        await redis.delete(in_progress_key_prefix + lead_arq_id)
+        # arq aborts the lead before its function starts: the companions never ran with it
+        assert (await rec.finished(lead.id, 60)).state is JobState.CANCELLED
+        for job in companions:
+            finished = await rec.finished(job.id, 60)
+            assert finished.state is JobState.COMPLETE, finished.error
+        assert bot.executor.workers_lost == 0
+    assert lead.id not in {j for _, j, _ in bot.starts}
+    await until_nothing_is_left_to_run(bot)
+    assert_delivered_once(bot, companions)
+    await assert_one_try(bot, companions)
