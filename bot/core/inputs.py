@@ -18,17 +18,23 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
 
 from generation.errors import InvalidRequest
-from generation.files import write_atomic
+from generation.files import part_path, write_atomic
+
+if TYPE_CHECKING:
+    from bot.core.jobs import Job
 
 log = logging.getLogger(__name__)
 
 #: what PIL calls the formats we take, and the suffix the kept file gets
 FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 INPUTS_FOLDER = "inputs"
+#: the upscaler is conditioned on a prompt; a picture that comes without one gets this
+DEFAULT_UPSCALE_PROMPT = "a sharp, detailed picture"
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,28 @@ def keep_result_as_input(results_dir: str | Path, result: str | Path, limits: In
     return keep_input(results_dir, data, limits)
 
 
+def keep_result_picture(results_dir: str | Path, job: Job, n: int, limits: InputLimits, *, use: str) -> str:
+    """A copy of image `n` of a finished image job kept as an input, so that a new job keeps its
+    picture even if that result is deleted; `use` ("animated", "upscaled") words the refusal."""
+    if job.kind != "image" or not job.result_path or not 1 <= n <= job.units:
+        raise InvalidRequest(f"That picture is gone, so it cannot be {use}.")
+    source = Path(job.result_path)
+    if job.units > 1:
+        source = part_path(source, job.id, n)
+    return keep_result_as_input(results_dir, source, limits)
+
+
 def picture_size(path: str | Path) -> tuple[int, int]:
     """Width and height of a kept (already checked) input picture."""
     with Image.open(path) as picture:
         return picture.size
+
+
+def upscale_params(image: str, prompt: str) -> dict[str, Any]:
+    """The request to upscale a kept input picture: at its own size, so the result is the
+    upscaler's factor times it (Discord's Upscale and the REST API ask the same way)."""
+    width, height = picture_size(image)
+    return {"prompt": prompt, "image": image, "width": width, "height": height}
 
 
 def decode_base64(text: str, *, name: str = "image") -> bytes:

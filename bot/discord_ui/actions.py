@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.core.inputs import keep_result_as_input, picture_size
+from bot.core.inputs import keep_result_as_input, keep_result_picture, upscale_params
 from bot.core.jobs import Job, Source
 from bot.core.moderation import RequestContext
 from bot.core.queue import NotAllowed
@@ -204,14 +204,11 @@ class Actions:
         """Image n of a result and its copy in the inputs folder, where a new job can keep it even if
         the result is deleted; `use` ("animated", "upscaled") names the refusal when it is gone."""
         parent = await self.bot.store.get_job(job_id)
-        if parent is None or parent.kind != "image" or not parent.result_path or n > parent.units:
+        if parent is None:
             raise InvalidRequest(f"That picture is gone, so it cannot be {use}.")
-        source = Path(parent.result_path)
-        if parent.units > 1:
-            source = part_path(source, parent.id, n)
         settings = self.bot.settings
         image = await asyncio.to_thread(
-            keep_result_as_input, settings.results_dir, source, settings.input_limits
+            keep_result_picture, settings.results_dir, parent, n, settings.input_limits, use=use
         )
         return parent, image
 
@@ -237,8 +234,7 @@ class Actions:
         self, interaction: discord.Interaction[Any], *, image: str, prompt: str, parent_id: str | None = None
     ) -> Job:
         """Queue an upscale of a kept input picture at its own size (the result is the model's factor)."""
-        width, height = await asyncio.to_thread(picture_size, image)
-        raw = {"prompt": prompt, "image": image, "width": width, "height": height}
+        raw = await asyncio.to_thread(upscale_params, image, prompt)
         return await self.submit_new(
             interaction, kind="upscale", raw=raw, parent_id=parent_id, lineage="upscaled"
         )

@@ -86,23 +86,41 @@ async def create_video(request: web.Request) -> web.Response:
 
 async def _create(request: web.Request, *, kind: str) -> web.Response:
     caller = await authorize(request)
-    body = await _json_object(request)
-    _check_body(kind, body)
+    body = await json_object(request)
+    check_body(kind, body)
     who = Who(user_id=caller.user_id)  # the key owner's own defaults and presets
     saved = await saved_layers(request.app[STORE_KEY], who, body.pop("preset", None))
     settings, registry = request.app[SETTINGS_KEY], request.app[REGISTRY_KEY]
     picture = kind == "video" and body.get("image") is not None
     body, _ = fill_request(body, saved, kind=kind, registry=registry, settings=settings, picture=picture)
-    kept = await _keep_image(request, body)
+    check_body(kind, body)
+    kept = await keep_image(request, body)
+    return await submit_job(request, caller, kind=kind, body=body, kept=kept)
+
+
+async def submit_job(
+    request: web.Request,
+    caller: ApiCaller,
+    *,
+    kind: str,
+    body: dict[str, Any],
+    kept: str | None,
+    parent_id: str | None = None,
+    lineage: str | None = None,
+) -> web.Response:
+    """Validate, moderate and queue a job from a checked body, and answer 202 with it.
+
+    A refused request keeps nothing of the caller's: `kept`, its input picture, is deleted again.
+    """
     try:
         job = _build_job(request, caller=caller, kind=kind, body=body)
+        job.parent_id, job.lineage = parent_id, lineage
         # the same rules as /imagine; a REST caller is outside any server, so the bot-wide ones
         ctx = RequestContext(user_id=caller.user_id, guild_id=None, channel_id=None)
         await request.app[MODERATOR_KEY].check(ctx, prompt=job.prompt, negative_prompt=job.negative_prompt)
         submitted = await request.app[QUEUE_KEY].submit(job)
     except Exception:
-        if kept is not None:  # a refused request keeps nothing of the caller's
-            await asyncio.to_thread(Path(kept).unlink, missing_ok=True)
+        await discard_input(kept)
         raise
     job = submitted.job
     metrics.API_JOBS_SUBMITTED.labels(key=caller.key_name, kind=kind).inc()
@@ -120,12 +138,17 @@ async def _create(request: web.Request, *, kind: str) -> web.Response:
         eta_s=submitted.eta_s,
         finish_in_s=None if run_s is None or submitted.eta_s is None else submitted.eta_s + run_s,
     )
-    payload = job_json(job, live)
     location = request.app.router["get_job"].url_for(job_id=job.id)
-    return web.json_response(payload, status=202, headers={"Location": str(location)})
+    return web.json_response(job_json(job, live), status=202, headers={"Location": str(location)})
 
 
-async def _keep_image(request: web.Request, body: dict[str, Any]) -> str | None:
+async def discard_input(kept: str | None) -> None:
+    """Delete an input picture kept for a request that was then refused."""
+    if kept is not None:
+        await asyncio.to_thread(Path(kept).unlink, missing_ok=True)
+
+
+async def keep_image(request: web.Request, body: dict[str, Any]) -> str | None:
     """A base64 `image` checked and kept under RESULTS_DIR/inputs; the body then names its path."""
     text = body.get("image")
     if text is None:
@@ -137,7 +160,7 @@ async def _keep_image(request: web.Request, body: dict[str, Any]) -> str | None:
     return path
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def json_object(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ApiError(
             415, "unsupported_media_type", "Send the parameters as JSON (Content-Type: application/json)."
@@ -155,7 +178,7 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 _JSON_NAMES = {"string": "text", "integer": "a whole number", "number": "a number"}
 
 
-def _check_body(kind: str, body: dict[str, Any]) -> None:
+def check_body(kind: str, body: dict[str, Any]) -> None:
     """Exact field names and JSON types, as the OpenAPI document states them.
 
     `validate_request` also accepts numbers written as strings and a few aliases (handy for
@@ -199,7 +222,6 @@ def _json_type(value: Any) -> str:
 
 
 def _build_job(request: web.Request, *, caller: ApiCaller, kind: str, body: dict[str, Any]) -> Job:
-    _check_body(kind, body)
     settings = request.app[SETTINGS_KEY]
     registry = request.app[REGISTRY_KEY]
     raw = dict(body)
@@ -242,8 +264,9 @@ def _build_job(request: web.Request, *, caller: ApiCaller, kind: str, body: dict
 # -- reading and cancelling --------------------------------------------------------------------
 
 
-async def _own_job(request: web.Request, caller: ApiCaller) -> Job:
-    job_id = request.match_info["job_id"]
+async def own_job(request: web.Request, caller: ApiCaller, job_id: str | None = None) -> Job:
+    """The caller's job named in the path (or `job_id`); anyone else's answers like an unknown one."""
+    job_id = request.match_info["job_id"] if job_id is None else job_id
     job = await request.app[STORE_KEY].get_job(job_id) if plausible_job_id(job_id) else None
     if job is None or job.user_id != caller.user_id:
         raise ApiError(404, "job_not_found", f"No job {job_id[:64]!r} for this API key.")
@@ -293,13 +316,13 @@ def job_progress(snap: Any, job_id: str) -> dict[str, int] | None:
 
 async def get_job(request: web.Request) -> web.Response:
     caller = await authorize(request)
-    job = await _own_job(request, caller)
+    job = await own_job(request, caller)
     return web.json_response(job_json(job, _live(request, job)))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     caller = await authorize(request)
-    job = await _own_job(request, caller)
+    job = await own_job(request, caller)
     if job.state.is_final:
         raise ApiError(
             409, "already_finished", f"Job {job.id} is already {job.state.value}; nothing to cancel."
@@ -311,7 +334,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def get_result(request: web.Request) -> web.StreamResponse:
     caller = await authorize(request)
-    job = await _own_job(request, caller)
+    job = await own_job(request, caller)
     if job.state is not JobState.COMPLETE:
         raise ApiError(409, "not_ready", f"Job {job.id} is {job.state.value}; its result is not available.")
     path = Path(job.result_path) if job.result_path else None

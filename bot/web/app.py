@@ -19,7 +19,7 @@ from aiohttp import web
 
 from bot.core import metrics
 from bot.core.moderation import Moderator
-from bot.web import api, downloads, status_page
+from bot.web import api, downloads, status_page, upscales
 from bot.web.auth import ApiKeys
 from bot.web.errors import error_middleware
 from bot.web.keys import (
@@ -87,6 +87,7 @@ def create_web_app(
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_handler, name="metrics")
     api.add_routes(app)
+    upscales.add_routes(app)
     downloads.add_routes(app)
     status_page.add_routes(app)
     _listen_to_queue(app, queue, listener if register_metrics_listener else None)

@@ -59,6 +59,8 @@ FIELD_TYPES: dict[str, str] = {
     "strength": "number",
     "image": "string",
     "preset": "string",
+    "job_id": "string",
+    "n": "integer",
 }
 ASPECT_VALUES = tuple(ASPECTS)
 # at least one character that is neither whitespace nor a control character (those are removed)
@@ -66,6 +68,8 @@ PROMPT_PATTERN = r"[^\s\x00-\x1f\x7f-\x9f]"
 
 
 def request_fields(kind: str) -> tuple[str, ...]:
+    if kind == "upscale":
+        return ("prompt", "image", "job_id", "n")
     common = ("prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height", "preset")
     return (
         (*common, "aspect", "count", "image", "strength")
@@ -246,6 +250,62 @@ def _request_schema(
     return schema
 
 
+def _upscale_schema() -> dict[str, Any]:
+    """Exactly one source: an uploaded picture, or image `n` of one of the key's finished results."""
+    picture = {
+        "title": "an uploaded picture",
+        "required": ["image"],
+        "properties": {"image": {"type": "string"}, "job_id": {"type": "null"}, "n": {"type": "null"}},
+    }
+    result = {
+        "title": "an image of one of this key's results",
+        "required": ["job_id"],
+        "properties": {"job_id": {"type": "string"}, "image": {"type": "null"}},
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "image": _nullable(
+                {
+                    "type": "string",
+                    "contentEncoding": "base64",
+                    "description": "The PNG, JPEG or WebP picture to upscale, as base64 (a data: URL prefix "
+                    "is allowed); within INPUT_IMAGE_MAX_BYTES and INPUT_IMAGE_MAX_PIXELS, and within "
+                    "UPSCALE_MODEL's size limits.",
+                }
+            ),
+            "job_id": _nullable(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "Instead of image: a complete image job of this API key; another key's "
+                    "job answers 404, as on GET /jobs/{job_id}.",
+                }
+            ),
+            "n": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_COUNT,
+                    "description": "Which image of job_id's result (1 = first; the default).",
+                }
+            ),
+            "prompt": _nullable(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_PROMPT_CHARS,
+                    "pattern": PROMPT_PATTERN,
+                    "description": "What the picture shows; the upscaler is guided by it. Default: job_id's "
+                    "prompt, or a neutral one for an uploaded picture.",
+                }
+            ),
+        },
+        "oneOf": [picture, result],
+    }
+
+
 def _error_response(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -297,6 +357,30 @@ def _file_responses(extra: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _upscale_operation(submit_errors: dict[str, Any], location: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "operationId": "create_upscale",
+            "summary": "Queue an upscale (UPSCALE_MODEL's factor, x4) of a picture or of one of your images",
+            "tags": ["jobs"],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/UpscaleRequest"}}},
+            },
+            "responses": {
+                "202": _json_response("Queued; the result is a PNG.", "Job", location),
+                **submit_errors,
+                "400": _error_response(
+                    "No picture or both kinds of source, a picture that is not a readable PNG, JPEG or "
+                    "WebP or is too large, job_id's job made a video, n out of range, or a blocked prompt."
+                ),
+                "404": _error_response("job_id names no job of this API key."),
+                "409": _error_response("job_id's job is not complete."),
+            },
+        }
+    }
+
+
 def build_openapi(
     registry: Mapping[str, ModelSpec],
     *,
@@ -336,6 +420,7 @@ def build_openapi(
     paths: dict[str, Any] = {
         "/api/v1/images": submit("image", "ImageRequest"),
         "/api/v1/videos": submit("video", "VideoRequest"),
+        "/api/v1/upscales": _upscale_operation(submit_errors, location),
         "/api/v1/jobs/{job_id}": {
             "parameters": [JOB_ID],
             "get": {
@@ -612,6 +697,7 @@ def build_openapi(
             },
             "schemas": {
                 "ImageRequest": _request_schema("image", image_specs, default_ids.get("image")),
+                "UpscaleRequest": _upscale_schema(),
                 "VideoRequest": _request_schema(
                     "video", video_specs, default_ids.get("video"), default_ids.get("i2v")
                 ),

@@ -43,7 +43,8 @@ def test_collection_is_postman_v21_and_matches_the_openapi_document(web_settings
         body = item["request"].get("body")
         if body is not None:
             fields = json.loads(body["raw"])
-            schema = doc["components"]["schemas"]["ImageRequest" if "images" in path else "VideoRequest"]
+            name = {"images": "ImageRequest", "videos": "VideoRequest", "upscales": "UpscaleRequest"}
+            schema = doc["components"]["schemas"][name[path.rsplit("/", 1)[-1]]]
             assert set(fields) <= set(schema["properties"]), fields
 
 
@@ -83,6 +84,7 @@ async def test_every_request_of_the_collection_works(make_client, real_queue, we
         "Create image from a picture": 202,
         "Create video": 202,
         "Create video from a picture": 202,
+        "Upscale a picture": 202,
         "Get job": 200,
         "Queue": 200,
         "Download result": 200,
@@ -91,7 +93,13 @@ async def test_every_request_of_the_collection_works(make_client, real_queue, we
         "Health": 200,
         "Readiness": 200,
     }
-    created = {"Create image", "Create image from a picture", "Create video", "Create video from a picture"}
+    created = {
+        "Create image",
+        "Create image from a picture",
+        "Create video",
+        "Create video from a picture",
+        "Upscale a picture",
+    }
     assert set(ids) == created
     # the saved-id script in the collection sets the same variable this test followed
     for name in ids:

@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.core.inputs import DEFAULT_UPSCALE_PROMPT
 from bot.discord_ui.attachments import keep_attachment
 from generation.errors import InvalidRequest
 
@@ -21,9 +22,6 @@ if TYPE_CHECKING:
     from bot.discord_ui.client import ImagineBot
 
 log = logging.getLogger(__name__)
-
-#: the upscaler is conditioned on a prompt; a picture posted without one gets this
-DEFAULT_PROMPT = "a sharp, detailed picture"
 
 
 def _picture(message: discord.Message) -> discord.Attachment:
@@ -37,7 +35,7 @@ def _prompt(message: discord.Message, me: discord.abc.User | None) -> str:
     """Our own result's prompt (its embed title); anyone else's picture gets a neutral one."""
     if me is not None and message.author.id == me.id and message.embeds and message.embeds[0].title:
         return message.embeds[0].title
-    return DEFAULT_PROMPT
+    return DEFAULT_UPSCALE_PROMPT
 
 
 class Upscale(commands.Cog):
