@@ -10,6 +10,9 @@ heartbeats and arq's keys of every job it handed over, so that:
 - a job Redis forgot (a restart without persistence) is enqueued again under the same id, unless
   a live worker says it is still running it; verdicts wait until Redis has been reachable (the
   same server run) for a whole health-check interval, so a restart is not mistaken for deaths;
+- a batch's companion (carried inside its lead's arq job) shares its lead's verdict while the
+  lead is handed; one whose lead ended before any worker ran the batch goes back on its own, on
+  the same try;
 - a result whose ``done`` event was lost is still collected.
 
 The live workers also feed /info and per-worker /metrics series.
