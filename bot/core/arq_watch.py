@@ -176,7 +176,7 @@ class WorkerWatch(ArqHandoff):
     async def _hand_over_again(self, h: HandedJob) -> None:
         """The same dispatch back into arq, with only those of its companions still waiting."""
         self.reenqueued += 1
-        h.bad_since, h.in_redis = None, False
+        h.bad_since, h.in_redis, h.ending = None, False, False
         if h.phase != JobPhase.ENQUEUED:
             h.phase = JobPhase.ENQUEUED
         if BATCH_FIELD in h.payload:
