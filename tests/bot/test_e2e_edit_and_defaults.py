@@ -144,3 +144,24 @@ async def test_a_preset_round_trip_save_list_pick_use_delete(running_bot: BotPro
     refused = await ask(bot, "imagine", {"prompt": "a kite", **SIZE, "preset": "quick look"}, user="heidi")
     reply = await private_reply(refused)
     assert "no preset named" in reply.content and not QUEUED.search(reply.content)
+
+
+@pytest.mark.parametrize(
+    ("command", "given", "user"),
+    [("settings", {}, "grace"), ("preset save", {"name": "p"}, "heidi"), ("admin defaults", {}, "admin")],
+)
+async def test_the_model_options_of_every_defaults_command_suggest_the_models_of_their_kind(
+    running_bot: BotProcess, command: str, given: dict[str, str], user: str
+) -> None:
+    bot = running_bot
+    offered = {}
+    for option, typed in (("image_model", "tiny"), ("video_model", "tiny-v")):
+        typing = await bot.discord.autocomplete(
+            command, {**given, option: typed}, focused=option, user=bot.members[user], channel="studio"
+        )
+        offered[option] = [c["value"] for c in (await typing.wait_for_response()).choices]
+    # each option offers only what it may hold: no video model for pictures, no upscaler at all
+    assert "tiny-image" in offered["image_model"] and "tiny-video" not in offered["image_model"]
+    assert "tiny-upscale" not in offered["image_model"]
+    assert offered["video_model"] and all(v.startswith("tiny-v") for v in offered["video_model"])
+    assert "tiny-video" in offered["video_model"]

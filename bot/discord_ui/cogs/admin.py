@@ -26,8 +26,10 @@ from bot.discord_ui.cogs.defaults import (
     NegativeOpt,
     StepsOpt,
     describe_values,
+    image_models,
     option_values,
     save_defaults,
+    video_models,
 )
 from bot.discord_ui.formatting import EMBED_COLOUR, safe_text
 from generation.errors import InvalidRequest, UserError
@@ -217,6 +219,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Moderate t
     @app_commands.command(name="defaults")
     @app_commands.describe(server="Save for the whole server instead of this channel", **DESCRIBE)
     @app_commands.choices(aspect=ASPECT_CHOICES)
+    @app_commands.autocomplete(image_model=image_models, video_model=video_models)
     async def defaults(
         self,
         interaction: discord.Interaction[Any],

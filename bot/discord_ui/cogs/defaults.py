@@ -81,6 +81,28 @@ async def save_defaults(
     return merged
 
 
+def model_choices(bot: ImagineBot, kind: str, current: str) -> list[app_commands.Choice[str]]:
+    """The registry's models of one kind whose id contains what the member typed (Discord shows
+    at most 25 suggestions of at most 100 characters)."""
+    typed = current.lower()
+    models = [m for m in bot.registry.values() if m.kind == kind and typed in m.id.lower()]
+    return [app_commands.Choice(name=f"{m.id} — {m.description}"[:100], value=m.id) for m in models[:25]]
+
+
+async def image_models(
+    interaction: discord.Interaction[ImagineBot], current: str
+) -> list[app_commands.Choice[str]]:
+    """Autocomplete of an image-model option: /imagine, /settings, /preset save, /admin defaults."""
+    return model_choices(interaction.client, "image", current)
+
+
+async def video_models(
+    interaction: discord.Interaction[ImagineBot], current: str
+) -> list[app_commands.Choice[str]]:
+    """Autocomplete of a video-model option: /video, /settings, /preset save, /admin defaults."""
+    return model_choices(interaction.client, "video", current)
+
+
 async def preset_names(
     interaction: discord.Interaction[ImagineBot], current: str
 ) -> list[app_commands.Choice[str]]:
@@ -104,6 +126,7 @@ class MemberDefaults(commands.Cog):
     @app_commands.command(name="settings")
     @app_commands.describe(**DESCRIBE)
     @app_commands.choices(aspect=ASPECT_CHOICES)
+    @app_commands.autocomplete(image_model=image_models, video_model=video_models)
     async def settings(
         self,
         interaction: discord.Interaction[Any],
@@ -125,6 +148,7 @@ class MemberDefaults(commands.Cog):
     @preset.command(name="save")
     @app_commands.describe(name="A name to pick it by", **{k: v for k, v in DESCRIBE.items() if k != "reset"})
     @app_commands.choices(aspect=ASPECT_CHOICES)
+    @app_commands.autocomplete(image_model=image_models, video_model=video_models)
     async def preset_save(
         self,
         interaction: discord.Interaction[Any],

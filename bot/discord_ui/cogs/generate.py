@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from bot.core.defaults import Who, fill_request, saved_layers
 from bot.discord_ui.attachments import keep_attachment
-from bot.discord_ui.cogs.defaults import preset_names
+from bot.discord_ui.cogs.defaults import image_models, preset_names, video_models
 from generation.params import ASPECTS, FRAMES_RANGE
 
 if TYPE_CHECKING:
@@ -42,20 +42,6 @@ def _plain(value: Any) -> Any:
 class Generate(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
-
-    async def _model_autocomplete(self, kind: str, current: str) -> list[app_commands.Choice[str]]:
-        models = [m for m in self.bot.registry.values() if m.kind == kind and current.lower() in m.id.lower()]
-        return [app_commands.Choice(name=f"{m.id} — {m.description}"[:100], value=m.id) for m in models[:25]]
-
-    async def image_models(
-        self, interaction: discord.Interaction[Any], current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await self._model_autocomplete("image", current)
-
-    async def video_models(
-        self, interaction: discord.Interaction[Any], current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await self._model_autocomplete("video", current)
 
     async def _queue(
         self, interaction: discord.Interaction[Any], *, kind: str, arguments: dict[str, Any]
