@@ -263,7 +263,7 @@ def main(argv: list[str]) -> bool:
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per job")
     parser.add_argument("--step-s", type=float, default=0.1, help="seconds of simulated GPU per step")
     parser.add_argument("--per-host", type=int, default=16, help="simulated workers per host process")
-    parser.add_argument("--sweep", default="8,16,32,64,96", help="worker counts for the shorter runs")
+    parser.add_argument("--sweep", default="8,16,32,64,96,128", help="worker counts for the shorter runs")
     parser.add_argument("--sweep-rounds", type=int, default=8, help="jobs per worker in a sweep run")
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the bot side here")
     args = parser.parse_args(argv)
