@@ -78,7 +78,7 @@ def create_web_app(
     app[MODERATOR_KEY] = Moderator(store=store, blocklist=settings.prompt_blocklist)
     app[SIGNER_KEY] = signer or LinkSigner.from_settings(settings)
     app[POSTERS_KEY] = PosterIndex(results_dir=settings.results_dir)
-    app[TROUBLE_KEY] = status_page.RecentTrouble()
+    app[TROUBLE_KEY] = status_page.RecentTrouble(store)
     listener = metrics.QueueMetrics()
     app[BUSY_KEY] = listener.busy
     app[CHECKS_KEY] = list(checks) if checks is not None else settings_checks(settings, store, queue)

@@ -30,7 +30,7 @@ MODERATOR_KEY = web.AppKey("moderator", Moderator)
 SIGNER_KEY = web.AppKey("signer", LinkSigner)
 POSTERS_KEY = web.AppKey("posters", PosterIndex)
 BUSY_KEY = web.AppKey("busy", BusyTracker)
-#: failed and cancelled jobs for the status page (a `status_page.RecentTrouble`)
+#: the latest failed and cancelled jobs, read from the store (a `status_page.RecentTrouble`)
 TROUBLE_KEY: web.AppKey[Any] = web.AppKey("trouble")
 CHECKS_KEY: web.AppKey[list[Callable[[], Awaitable[str | None]]]] = web.AppKey("checks")
 #: the authenticated API caller, set by the API's auth middleware

@@ -8,16 +8,19 @@ result arrives it fetches the page once and swaps only the gallery.
 
 Only jobs the gallery may show reveal their prompts (see `downloads.Publicity`); failed and
 cancelled jobs are listed with their reason (messages written for members, never internals)
-but without the prompt unless it is public. Readiness reasons are shown with absolute paths
-replaced, since `/` is the one page meant to be public.
+but without the prompt unless it is public. They come from the store, not from what this process
+saw, so the trouble before a restart (when an admin comes looking) and the jobs another process
+finished are listed too. Readiness reasons are shown with absolute paths replaced, since `/` is
+the one page meant to be public.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from collections import deque
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -27,6 +30,7 @@ from aiohttp import web
 from bot.core.jobs import Job, JobState
 from bot.core.queue import BaseJobListener, RunningEntry
 from bot.core.store import Store, StoreUnavailable
+from bot.core.store.base import TROUBLE_STATES
 from bot.web.downloads import Publicity
 from bot.web.keys import CHECKS_KEY, QUEUE_KEY, STORE_KEY, TROUBLE_KEY
 from bot.web.readiness import run_checks, without_paths
@@ -36,8 +40,11 @@ log = logging.getLogger(__name__)
 GALLERY_SIZE = 24
 #: recent results read to fill the gallery after private ones are skipped
 GALLERY_SCAN = 96
-#: failed and cancelled jobs remembered for the page (since this process started)
-TROUBLE_SIZE = 10
+#: failed and cancelled jobs listed, and how far back the page looks for them
+TROUBLE_SIZE = 20
+TROUBLE_WINDOW = timedelta(hours=24)
+#: how long one store read of them answers every viewer's polls
+TROUBLE_TTL_S = 5.0
 CSP = (
     "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self'; media-src 'self'; "
     "style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -52,14 +59,55 @@ _templates = jinja2.Environment(
 
 
 class RecentTrouble(BaseJobListener):
-    """Queue listener remembering the last failed and cancelled jobs (only `on_finished` matters)."""
+    """The latest failed and cancelled jobs, read from the store.
 
-    def __init__(self, size: int = TROUBLE_SIZE) -> None:
-        self.jobs: deque[Job] = deque(maxlen=size)
+    The page is public and polled every few seconds by every open tab, so one read answers all
+    polls for `ttl_s` instead of one query per poll. As a queue listener it marks that read stale
+    when this process finishes a job badly, so such a job shows on the next poll; one finished by
+    another process on the same store shows within `ttl_s`. While the store is unreachable the
+    last list read stays.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        size: int = TROUBLE_SIZE,
+        window: timedelta = TROUBLE_WINDOW,
+        ttl_s: float = TROUBLE_TTL_S,
+    ) -> None:
+        self._store = store
+        self._size = size
+        self._window = window
+        self._ttl_s = ttl_s
+        self._jobs: list[Job] = []
+        self._read_at: float | None = None
+        self._changes = 0  # bad finishes seen here; a read taken before the latest one is stale
+        self._read_changes = 0
+        self._lock = asyncio.Lock()  # polls arriving together share one read
 
     async def on_finished(self, job: Any, result: Any) -> None:
-        if getattr(job, "state", None) in (JobState.FAILED, JobState.CANCELLED):
-            self.jobs.appendleft(job)
+        if getattr(job, "state", None) in TROUBLE_STATES:
+            self._changes += 1
+
+    async def jobs(self) -> list[Job]:
+        async with self._lock:
+            if not self._stale():
+                return self._jobs
+            changes = self._changes
+            since = datetime.now(UTC) - self._window
+            try:
+                self._jobs = await self._store.recent_trouble(since=since, limit=self._size)
+            except StoreUnavailable:
+                log.debug("store unreachable: the status page keeps the failed jobs it last read")
+                return self._jobs
+            self._read_at, self._read_changes = time.monotonic(), changes
+            return self._jobs
+
+    def _stale(self) -> bool:
+        if self._read_at is None or self._read_changes != self._changes:
+            return True
+        return time.monotonic() - self._read_at >= self._ttl_s
 
 
 def add_routes(app: web.Application) -> None:
@@ -103,7 +151,7 @@ async def page_state(request: web.Request) -> dict[str, Any]:
     public = Publicity.of(request.app)
     reasons = [without_paths(reason) for reason in await run_checks(request.app[CHECKS_KEY])]
     running = [await _running(entry, public) for entry in snap.running]
-    trouble = [await _trouble(job, public) for job in request.app[TROUBLE_KEY].jobs]
+    trouble = [await _trouble(job, public) for job in await request.app[TROUBLE_KEY].jobs()]
     return {
         "ready": not reasons,
         "reasons": reasons,
@@ -148,7 +196,7 @@ async def _trouble(job: Job, public: Publicity) -> dict[str, Any]:
         "state": job.state.value,
         "reason": job.error or ("cancelled" if job.state is JobState.CANCELLED else "no reason recorded"),
         "prompt": await _public_prompt(job, public),
-        "at": when.strftime("%H:%M:%S") if when else "",
+        "at": when.strftime("%Y-%m-%d %H:%M:%S") if when else "",
     }
 
 

@@ -319,6 +319,41 @@ async def test_guild_recent_and_recent_results(store: Store) -> None:
     assert await store.recent_results(guild_ids=[]) == []
 
 
+async def test_recent_trouble_lists_failed_and_cancelled_jobs_latest_finish_first(store: Store) -> None:
+    since = T0 - timedelta(hours=24)
+    plan = [  # (final state, finished at)
+        (JobState.FAILED, since - timedelta(milliseconds=1)),  # just before the window
+        (JobState.FAILED, since),  # the boundary itself: listed
+        (JobState.CANCELLED, T0 - timedelta(hours=2)),
+        (JobState.COMPLETE, T0 - timedelta(hours=1)),  # went fine: not listed
+        (JobState.FAILED, T0 - timedelta(minutes=30)),
+        (JobState.CANCELLED, T0 - timedelta(minutes=30)),  # same time: the later inserted first
+    ]
+    jobs = []
+    for i, (state, finished_at) in enumerate(plan):
+        job = make_job(created_at=T0 - timedelta(hours=30, minutes=i))  # created in the reverse order
+        await store.insert_job(job)
+        await store.finish_job(job.id, owner=None, state=state, finished_at=finished_at, error=f"why {i}")
+        jobs.append(job)
+    await store.insert_job(make_job(created_at=T0))  # still queued
+    running = make_job(created_at=T0)
+    await store.insert_job(running)
+    await store.claim_job(running.id, owner="w", **lease(T0))
+
+    trouble = await store.recent_trouble(since=since)
+    assert [j.id for j in trouble] == [jobs[5].id, jobs[4].id, jobs[2].id, jobs[1].id]
+    assert [(j.state, j.error) for j in trouble] == [
+        (JobState.CANCELLED, "why 5"),
+        (JobState.FAILED, "why 4"),
+        (JobState.CANCELLED, "why 2"),
+        (JobState.FAILED, "why 1"),
+    ]
+    assert trouble[0] == await store.get_job(jobs[5].id)  # whole records
+    assert [j.id for j in await store.recent_trouble(since=since, limit=2)] == [jobs[5].id, jobs[4].id]
+    assert await store.recent_trouble(since=since, limit=0) == []
+    assert await store.recent_trouble(since=T0) == []
+
+
 async def test_user_usage_counts_requests_and_gpu_seconds_since_a_time(store: Store) -> None:
     day = datetime(2026, 3, 2, tzinfo=UTC)
     plan = [  # (created, gpu seconds, final state)

@@ -57,6 +57,7 @@ async def test_open_creates_the_indexes_and_records_the_schema_version() -> None
     assert ("user_id", "created_at", "seq") in jobs_indexes
     assert ("state", "created_at", "seq") in jobs_indexes
     assert ("state", "lease_expires_at") in jobs_indexes
+    assert ("state", "finished_at", "seq") in jobs_indexes
     audit_indexes = [
         tuple(k for k, _ in spec["key"]) for spec in (await store.audit.index_information()).values()
     ]

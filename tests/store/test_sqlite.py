@@ -55,6 +55,9 @@ async def test_hot_queries_use_indexes_not_table_scans(tmp_path: Path) -> None:
             "history": "SELECT id FROM jobs WHERE user_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 10",
             "usage": "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND created_at >= ?",
             "audit": "SELECT data FROM audit WHERE guild_id = ? ORDER BY at DESC, rowid DESC LIMIT 5",
+            "trouble": "SELECT id FROM jobs INDEXED BY jobs_trouble_finished "
+            f"WHERE {sqlite_schema.TROUBLE_WHERE} AND finished_at >= ? "
+            "ORDER BY finished_at DESC, rowid DESC LIMIT 20",
         }
         for name, sql in queries.items():
             params = ["x"] * sql.count("?")

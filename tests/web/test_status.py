@@ -12,6 +12,7 @@ import asyncio
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -57,14 +58,10 @@ async def test_readyz_reports_a_nearly_full_disk(make_client, stub_queue, tmp_pa
     assert any("disk nearly full" in r and "MIN_FREE_DISK_MB" in r for r in (await resp.json())["reasons"])
 
 
-async def test_failed_and_cancelled_jobs_are_listed_with_their_reason(
-    make_client,
-    real_queue,
-    web_settings,
-    gate,  # noqa: F811
-) -> None:
-    reached, release = gate
-    client = await make_client(real_queue)
+async def fail_one_cancel_one(client: Any, web_settings: Any, events: Any) -> tuple[dict, dict]:
+    """Through the app: a video fails when its result cannot be kept, an image waiting behind it is
+    cancelled. `events` is the `gate` fixture. Returns the jobs as the API shows them (failed, cancelled)."""
+    reached, release = events
     video = {"prompt": "held boat", "steps": 3, "frames": 4, "fps": 8, "width": 32, "height": 32}
     held = (await (await client.post("/api/v1/videos", json=video, headers=auth("alice"))).json())["id"]
     assert await asyncio.to_thread(reached.wait, 30)
@@ -83,6 +80,17 @@ async def test_failed_and_cancelled_jobs_are_listed_with_their_reason(
     release.set()
     failed = await wait_for_state(client, held, {"complete", "failed", "cancelled"})
     assert failed["state"] == "failed" and failed["error"]
+    return failed, cancelled
+
+
+async def test_failed_and_cancelled_jobs_are_listed_with_their_reason(
+    make_client,
+    real_queue,
+    web_settings,
+    gate,  # noqa: F811
+) -> None:
+    client = await make_client(real_queue)
+    failed, cancelled = await fail_one_cancel_one(client, web_settings, gate)
 
     state = await (await client.get("/status.json")).json()
     assert state["ready"] is False and any("RESULTS_DIR" in r for r in state["reasons"])

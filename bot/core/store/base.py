@@ -37,6 +37,8 @@ NsfwPolicy = Literal["blackout", "spoiler", "refuse"]
 NSFW_POLICIES: tuple[str, ...] = ("blackout", "spoiler", "refuse")
 
 FINAL_STATES: frozenset[JobState] = frozenset(s for s in JobState if s.is_final)
+#: the final states `recent_trouble` lists: what went wrong or was stopped
+TROUBLE_STATES: tuple[JobState, ...] = (JobState.FAILED, JobState.CANCELLED)
 
 #: everything a store keeps, in the order `python -m bot.store migrate` copies it
 COLLECTIONS: tuple[str, ...] = ("jobs", "users", "guild_settings", "audit", "meta", "defaults")
@@ -347,6 +349,11 @@ class Store(ABC):
     @abstractmethod
     async def recent_results(self, *, limit: int = 24, guild_ids: Collection[str] | None = None) -> list[Job]:
         """Complete jobs, newest first, optionally only from some guilds."""
+
+    @abstractmethod
+    async def recent_trouble(self, *, since: datetime, limit: int = 20) -> list[Job]:
+        """Failed and cancelled jobs that finished at or after `since`, the latest to finish first
+        (ties: the later inserted first), whichever process finished them."""
 
     @abstractmethod
     async def user_usage(self, user_id: str, *, since: datetime) -> Usage:

@@ -286,6 +286,9 @@ class BufferedStore(Store):
     async def recent_results(self, *, limit: int = 24, guild_ids: Collection[str] | None = None) -> list[Job]:
         return await self.inner.recent_results(limit=limit, guild_ids=guild_ids)
 
+    async def recent_trouble(self, *, since: datetime, limit: int = 20) -> list[Job]:
+        return await self.inner.recent_trouble(since=since, limit=limit)
+
     async def user_usage(self, user_id: str, *, since: datetime) -> Usage:
         return await self.inner.user_usage(user_id, since=since)
 

@@ -11,13 +11,16 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 
 from bot.core.jobs import Job, JobState
-from bot.core.store.base import ModelStats, Usage, UserUsage
+from bot.core.store.base import TROUBLE_STATES, ModelStats, Usage, UserUsage
 from bot.core.store.mongo.connection import MongoConnection
 from bot.core.store.mongo.documents import to_bson_time
 
 log = logging.getLogger(__name__)
 
 NEWEST_FIRST = [("created_at", DESCENDING), ("seq", DESCENDING)]
+#: answered from the (state, finished_at, seq) index: one merged index walk over the two states
+LATEST_FINISHED_FIRST = [("finished_at", DESCENDING), ("seq", DESCENDING)]
+TROUBLE = [s.value for s in TROUBLE_STATES]
 
 
 def _count(state: JobState) -> dict[str, Any]:
@@ -44,6 +47,12 @@ class MongoRequestLog(MongoConnection):
         if guild_ids is not None:
             query["guild_id"] = {"$in": list(guild_ids)}
         return await self._find_jobs(query, NEWEST_FIRST, limit=limit)
+
+    async def recent_trouble(self, *, since: datetime, limit: int = 20) -> list[Job]:
+        if limit <= 0:
+            return []
+        query: dict[str, Any] = {"state": {"$in": TROUBLE}, "finished_at": {"$gte": to_bson_time(since)}}
+        return await self._find_jobs(query, LATEST_FINISHED_FIRST, limit=limit)
 
     async def user_usage(self, user_id: str, *, since: datetime) -> Usage:
         async with self._guard():

@@ -42,6 +42,7 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
         [("guild_id", ASCENDING), ("created_at", DESCENDING), ("seq", DESCENDING)],
         [("state", ASCENDING), ("created_at", ASCENDING), ("seq", ASCENDING)],
         [("state", ASCENDING), ("lease_expires_at", ASCENDING)],
+        [("state", ASCENDING), ("finished_at", DESCENDING), ("seq", DESCENDING)],
         [("created_at", ASCENDING)],
     ],
     "defaults": [[("scope", ASCENDING), ("owner", ASCENDING), ("name", ASCENDING)]],

@@ -12,6 +12,7 @@ from bot.core.jobs import Job
 from bot.core.store.base import ModelStats, Usage, UserUsage
 from bot.core.store.sqlite.connection import SQLiteConnection
 from bot.core.store.sqlite.rows import SELECT, to_ms
+from bot.core.store.sqlite.schema import TROUBLE_WHERE
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,16 @@ class SQLiteRequestLog(SQLiteConnection):
         return await self._fetch_jobs(
             f"SELECT {SELECT} FROM jobs WHERE {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
             (*params, limit),
+        )
+
+    async def recent_trouble(self, *, since: datetime, limit: int = 20) -> list[Job]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as none at all
+            return []
+        return await self._fetch_jobs(
+            f"SELECT {SELECT} FROM jobs INDEXED BY jobs_trouble_finished WHERE {TROUBLE_WHERE} "
+            "AND finished_at >= ? "
+            "ORDER BY finished_at DESC, rowid DESC LIMIT ?",
+            (to_ms(since), limit),
         )
 
     async def user_usage(self, user_id: str, *, since: datetime) -> Usage:
