@@ -160,7 +160,8 @@ async def test_status_page_shows_public_results_escaped(
         prompt="direct message prompt",
     )
     failed = make_job(state=JobState.FAILED, prompt="failed prompt")
-    for job in (public_video, api_image, api_private, private, dm, failed):
+    failed_private = make_job(state=JobState.FAILED, user_id="api:bob", prompt="a failed secret")
+    for job in (public_video, api_image, api_private, private, dm, failed, failed_private):
         await store.insert_job(job)
     await store.update_guild_settings("pub", gallery_public=True)
     await store.update_guild_settings("priv", gallery_public=False)
@@ -188,9 +189,12 @@ async def test_status_page_shows_public_results_escaped(
     assert "<script>" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "api picture" in page
-    hidden_prompts = ("private prompt", "a key holder secret", "direct message prompt", "failed prompt")
+    hidden_prompts = ("private prompt", "a key holder secret", "direct message prompt", "a failed secret")
     for hidden in (*hidden_prompts, "secret running prompt"):
         assert hidden not in page
+    # a public key's failed job: listed with its prompt among the failed ones, never as a result
+    assert "failed prompt" in re.search(r'<ul id="trouble">(.*?)</ul>', page, re.S).group(1)
+    assert "failed prompt" not in re.search(r'<section id="results".*?</section>', page, re.S).group(0)
     assert re.search(r'id="queue-length"[^>]*>4<', page)
     running_list = re.search(r'<ul id="running">(.*?)</ul>', page, re.S).group(1)
     assert running_list.count("<li") == 2  # every GPU worker's job, not just one
@@ -208,7 +212,7 @@ async def test_status_page_shows_public_results_escaped(
 
     assert (await client.get(f"/gallery/{public_video.id}")).status == 200
     assert (await client.get(f"/gallery/{api_image.id}")).status == 200
-    for job in (private, api_private, dm, failed, running):
+    for job in (private, api_private, dm, failed, failed_private, running):
         resp = await client.get(f"/gallery/{job.id}")
         assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
     poster = await client.get(f"/gallery/{public_video.id}/poster")
