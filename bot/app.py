@@ -5,7 +5,8 @@ Order matters: the checks that fail fast run and the store opens before Discord 
 listens, so the first command finds a working queue and nothing finished is dropped. Discord
 that cannot be reached is not a mistake in the settings: the bot says where it is looking and
 retries with back-off. On SIGTERM/SIGINT the queue finishes or re-queues its running job while
-still connected, then the bot disconnects, then the store closes.
+still connected, then the bot disconnects, then the store closes; a stop while the models load
+(in `setup_hook`, during log-in) does not wait for the load.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bot.discord_ui.discord_endpoint import (
 )
 from bot.services import Services, running_server
 from bot.settings import Settings
-from bot.startup import StartupError, run_entry, sleep_or_stop, stop_event
+from bot.startup import StartupError, run_entry, sleep_or_stop, stop_event, unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ async def run_discord(settings: Settings, services: Services, stop: asyncio.Even
     )
     async with bot:
         await wait_for_discord(settings, stop)
-        await log_in(bot, settings, token)
+        await unless_stopped(stop, log_in(bot, settings, token))
         runner = asyncio.create_task(bot.connect(), name="discord")
         waiter = asyncio.create_task(stop.wait(), name="stop-signal")
         done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -26,6 +26,7 @@ from bot.core.store import create_store
 from bot.core.store.base import Store
 from bot.core.store.buffer import BufferedStore
 from bot.settings import Settings
+from bot.startup import unless_stopped
 from bot.web.app import create_web_app, serve, settings_checks
 from bot.web.links import LinkSigner
 from bot.web.readiness import run_checks, without_paths
@@ -143,8 +144,9 @@ async def running_server(
 
     Models named, port bound, results folder written, store open (a MongoDB that does not
     answer is retried until `stop`), web server serving; then, with `start_queue`, the queue
-    starts and the GPU worker loads the models. Without it the caller starts the queue once
-    its listeners are registered (the Discord bot does, in `setup_hook`).
+    starts and the GPU worker loads the models (`stop` meanwhile raises StopRequested without
+    waiting for the load). Without it the caller starts the queue once its listeners are
+    registered (the Discord bot does, in `setup_hook`).
     """
     preflight.checked_registry(settings)
     socks = preflight.bind_web_sockets(settings.web_host, settings.web_port)
@@ -166,5 +168,5 @@ async def running_server(
         running_web_server(settings, services, socks=socks),
     ):
         if start_queue:
-            await services.queue.start()
+            await unless_stopped(stop, services.queue.start())
         yield services

@@ -4,7 +4,8 @@ Written once for both entry points. A mistake the person running the bot can fix
 a port in use, an unwritable folder, a refused token) is raised as :class:`StartupError` and
 ends the process with one line per problem on stderr, naming the setting, and exit status 2;
 ``LOG_LEVEL=DEBUG`` adds the traceback behind it. SIGTERM and Ctrl-C set one stop event that
-every waiting step (retries included) honours.
+every waiting step (retries, model loading) honours: a stop during start-up ends the process
+within seconds, with exit status 0 as any stop, after closing what was opened.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -24,6 +26,8 @@ from bot.settings import Settings
 from generation.settings import LogSettings, settings_error_lines
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: exit status of a start-up refused for a reason the owner can fix
 EXIT_STARTUP = 2
@@ -75,6 +79,26 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     if stop.is_set():
         raise StopRequested
+
+
+async def unless_stopped(stop: asyncio.Event, step: Awaitable[T]) -> T:
+    """`step`'s result, or StopRequested once `stop` is set first: the step (loading the models
+    can take minutes) is then cancelled, and whatever it opened is closed by its callers' exits."""
+    task = asyncio.ensure_future(step)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        waiter.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise StopRequested
 
 
 def run_entry(

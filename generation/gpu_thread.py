@@ -154,6 +154,7 @@ class GPUThread:
         #: whole on every change, so other threads may read it without the lock
         self.load_errors: dict[str, str] = {}
         self.last_heartbeat = time.monotonic()
+        self.loading: str | None = None  # the preloaded model being loaded now, if any
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -307,11 +308,12 @@ class GPUThread:
         # one model that cannot load (missing weights, wrong repo id) must not take the
         # others down: its jobs fail with a message, every other model keeps serving
         for model_id in self._preload:
+            self.loading = model_id
             try:
                 manager.load(model_id)
             except Exception as exc:
                 self._load_failed(model_id, exc)
-        self._manager = manager
+        self._manager, self.loading = manager, None
         return manager, None
 
     def _take(self, me: _Thread, item: WorkItem) -> _Run | None:

@@ -174,6 +174,7 @@ class PipelineManager:
                 old = next(iter(self._resident))
                 log.info("switching models: unloading %s to make room for %s", old, model_id)
                 self.unload(old)
+            log.info("loading model %s (%s)", model_id, spec.repo_id)
             t0 = time.perf_counter()
             pipe = self._from_pretrained(spec)
             if spec.scheduler or spec.scheduler_options:

@@ -18,6 +18,7 @@ device is done with a run that produced something (only its encoding is left), e
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import logging
@@ -54,6 +55,9 @@ if TYPE_CHECKING:  # the manager's module loads torch; a worker may run with ano
     from generation.pipelines import PipelineManager
 
 log = logging.getLogger(__name__)
+
+#: how long one look at the GPU thread's readiness blocks a pool thread (see `Runner.wait_loaded`)
+READY_SLICE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -161,9 +165,32 @@ class Runner:
     def start(self) -> None:
         self.gpu.start()
 
+    async def wait_loaded(self) -> None:
+        """Until the GPU thread has built its pipelines and preloaded its models (minutes with real
+        weights). Cancelling this (SIGTERM during start-up) ends the wait at once, with one log line.
+
+        Loading itself cannot be interrupted: diffusers checks no flag while it reads weights, and
+        Python cannot kill a thread. So a stop does not wait for it. The GPU thread is a daemon (as
+        the watchdog's abandoned ones are), `close` does not join a thread that is still loading,
+        and the process exits around it; should the process outlive the load, the thread finds
+        the stop and ends without taking a job. The wait looks in short slices, so no pool thread
+        stays blocked on the load either: asyncio joins its pool threads when the process exits.
+        """
+        try:
+            while not await asyncio.to_thread(self.gpu.wait_ready, READY_SLICE_S):
+                pass
+        except asyncio.CancelledError:
+            model = self.gpu.loading
+            log.info(
+                "stopped while loading models (%s); not waiting for it: loading cannot be interrupted",
+                f"{model} was loading" if model else "the pipelines were being set up",
+            )
+            raise
+
     def close(self, timeout: float | None = 10.0) -> bool:
-        """Stop after the current job; encodes already started finish on their own thread."""
-        stopped = self.gpu.close(timeout)
+        """Stop after the current job; encodes already started finish on their own thread. A GPU
+        thread still loading its models is not waited for (see `wait_loaded`)."""
+        stopped = self.gpu.close(timeout if self.gpu.wait_ready(0) else 0)
         self._encoder.shutdown(wait=False, cancel_futures=False)
         return stopped
 

@@ -165,7 +165,7 @@ class WorkerRuntime:
         )
         t0 = time.monotonic()
         self.runner.start()
-        await asyncio.to_thread(self.runner.gpu.wait_ready)
+        await self.runner.wait_loaded()  # a SIGTERM meanwhile cancels it (arq's handler)
         manager = self.runner.gpu.manager
         if manager is None:
             raise RuntimeError("the GPU worker could not load its pipelines (see the log above)")

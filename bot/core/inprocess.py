@@ -116,7 +116,7 @@ class InProcessExecutor:
         )
         self._runner.start()
         # the pipeline manager is built (and models preloaded) on the GPU thread; wait off the loop
-        await asyncio.to_thread(self._runner.gpu.wait_ready)
+        await self._runner.wait_loaded()
         sink.slot_free()
 
     async def stop(self, *, graceful: bool = True, timeout_s: float = 30.0) -> list[str]:
