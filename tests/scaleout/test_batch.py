@@ -49,6 +49,35 @@ async def busy_workers(bot: Bot, registry: dict[str, ModelSpec]) -> list[Job]:
     return blockers
 
 
+SMALL = {"width": 64, "height": 64}
+
+
+async def all_complete_once(bot: Bot, jobs: list[Job]) -> None:
+    """Every job complete, delivered once, and no copy of any left waiting or running anywhere."""
+    for job in jobs:
+        done = await bot.recorder.finished(job.id, 90)
+        assert done.state is JobState.COMPLETE, done.error
+    await until_nothing_is_left_to_run(bot)
+    assert_delivered_once(bot, jobs)
+
+
+async def three_members_queued(
+    bot: Bot, registry: dict[str, ModelSpec], word: str, steps: int, *, running: bool = False
+) -> list[Job]:
+    """Amy's, Ben's and Cat's compatible images queued (one batch), each with its own seed; with
+    `running`, once every one of them has reported two steps (the batch is on a GPU)."""
+    members = [
+        make_job(registry, user, kind="image", prompt=f"{user} {word}", seed=i, steps=steps, **SMALL)
+        for i, user in enumerate(("amy", "ben", "cat"))
+    ]
+    for job in members:
+        await bot.queue.submit(job)
+    if running:
+        progress = bot.recorder.progress
+        await wait_for(lambda: all(any(p[0] == j.id and p[1] >= 2 for p in progress) for j in members), 90)
+    return members
+
+
 def pixels(bot: Bot, job: Job) -> np.ndarray:
     result = bot.recorder.results[job.id][0][1]
     assert result is not None
@@ -220,14 +249,7 @@ async def test_a_cancel_of_the_batchs_lead_while_it_runs_leaves_every_companion_
 ) -> None:
     queue, rec = bot.queue, bot.recorder
     await busy_workers(bot, tiny_registry)
-    slow = {"steps": SLOW["steps"], "width": 64, "height": 64}
-    members = [
-        make_job(tiny_registry, user, kind="image", prompt=f"{user} fox", seed=i, **slow)
-        for i, user in enumerate(("amy", "ben", "cat"))
-    ]
-    for job in members:
-        await queue.submit(job)
-    await wait_for(lambda: all(any(p[0] == j.id and p[1] >= 2 for p in rec.progress) for j in members), 90)
+    members = await three_members_queued(bot, tiny_registry, "fox", SLOW["steps"], running=True)
     (lead,) = await in_arq(bot, members)  # the batch is one arq job
     companions = [job for job in members if job is not lead]
 
@@ -252,13 +274,8 @@ async def test_a_cancel_of_the_batchs_lead_waiting_in_arq_hands_the_companions_o
 ) -> None:
     queue, rec = bot.queue, bot.recorder
     await busy_workers(bot, tiny_registry)
-    quick = {"steps": 4, "width": 64, "height": 64}
-    members = [
-        make_job(tiny_registry, user, kind="image", prompt=f"{user} owl", seed=i, **quick)
-        for i, user in enumerate(("amy", "ben", "cat"))
-    ]
-    for job in members:  # no free GPU: they wait in the bot's queue
-        await queue.submit(job)
+    # no free GPU: they wait in the bot's queue
+    members = await three_members_queued(bot, tiny_registry, "owl", 4)
     async with ghost_worker(cluster) as ghost:
         # the ghost's slot takes the batch into arq's queue, where no GPU is free to start it
         (lead,) = await in_arq(bot, members)
@@ -286,25 +303,13 @@ async def test_redis_restarted_mid_batch_every_member_ends_once(
     queue, rec = bot.queue, bot.recorder
     pids = {name: w.proc.pid for name, w in cluster.workers.items()}
     blockers = await busy_workers(bot, tiny_registry)
-    slow = {"steps": SLOW["steps"], "width": 64, "height": 64}
-    members = [
-        make_job(tiny_registry, user, kind="image", prompt=f"{user} heron", seed=i, **slow)
-        for i, user in enumerate(("amy", "ben", "cat"))
-    ]
-    for job in members:
-        await queue.submit(job)
-    await wait_for(lambda: all(any(p[0] == j.id and p[1] >= 2 for p in rec.progress) for j in members), 90)
+    members = await three_members_queued(bot, tiny_registry, "heron", SLOW["steps"], running=True)
     assert not any(job.id in rec.results for job in members)
 
     await asyncio.to_thread(cluster.redis.stop, kill=True)  # no goodbye, no persistence: all state gone
     await asyncio.to_thread(cluster.redis.start)
 
-    everyone = [*blockers, *members]
-    for job in everyone:
-        done = await rec.finished(job.id, 90)
-        assert done.state is JobState.COMPLETE, done.error
-    await until_nothing_is_left_to_run(bot)
-    assert_delivered_once(bot, everyone)
+    await all_complete_once(bot, [*blockers, *members])
     # the batch rode the restart out on its worker: one try, one call, nobody re-run
     await assert_one_try(bot, members, 3)
     assert len({worker_of(bot, job) for job in members}) == 1
@@ -319,16 +324,8 @@ async def test_redis_restarted_mid_batch_every_member_ends_once(
 async def test_redis_down_until_the_batch_has_ended_reruns_it_and_each_member_ends_once(
     bot: Bot, cluster: Cluster, tiny_registry: dict[str, ModelSpec]
 ) -> None:
-    queue, rec = bot.queue, bot.recorder
     blockers = await busy_workers(bot, tiny_registry)
-    quick = {"steps": 12, "width": 64, "height": 64}
-    members = [
-        make_job(tiny_registry, user, kind="image", prompt=f"{user} crane", seed=i, **quick)
-        for i, user in enumerate(("amy", "ben", "cat"))
-    ]
-    for job in members:
-        await queue.submit(job)
-    await wait_for(lambda: all(any(p[0] == j.id and p[1] >= 2 for p in rec.progress) for j in members), 90)
+    members = await three_members_queued(bot, tiny_registry, "crane", 12, running=True)
     (lead,) = await in_arq(bot, members)
     worker = cluster.by_id(worker_of(bot, lead))
 
@@ -338,12 +335,7 @@ async def test_redis_down_until_the_batch_has_ended_reruns_it_and_each_member_en
     await until_logged(worker.log_path, f"← {lead.id}")
     await asyncio.to_thread(cluster.redis.start)
 
-    everyone = [*blockers, *members]
-    for job in everyone:
-        done = await rec.finished(job.id, 90)
-        assert done.state is JobState.COMPLETE, done.error
-    await until_nothing_is_left_to_run(bot)
-    assert_delivered_once(bot, everyone)
+    await all_complete_once(bot, [*blockers, *members])
     # the lead's arq job ran twice (its first result went nowhere); its companions went with it
     runs = sum(w.log_path.read_text(errors="replace").count(f"← {lead.id}") for w in cluster.workers.values())
     assert runs == 2 and bot.executor.reenqueued >= 1
@@ -400,13 +392,7 @@ async def test_a_lead_aborted_as_a_worker_takes_it_leaves_its_companions_to_run_
 ) -> None:
     queue, rec = bot.queue, bot.recorder
     await busy_workers(bot, tiny_registry)
-    quick = {"steps": 4, "width": 64, "height": 64}
-    members = [
-        make_job(tiny_registry, user, kind="image", prompt=f"{user} lark", seed=i, **quick)
-        for i, user in enumerate(("amy", "ben", "cat"))
-    ]
-    for job in members:
-        await queue.submit(job)
+    members = await three_members_queued(bot, tiny_registry, "lark", 4)
     redis = bot.executor.redis
     assert redis is not None
     async with ghost_worker(cluster):
