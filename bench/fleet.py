@@ -33,13 +33,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import math
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +48,7 @@ from typing import Any
 
 from bench.common import emit
 from bench.queue import DeliveryLike, started_queue
+from bench.redis_server import free_port, start_redis
 from bot.core.jobs import Job
 from bot.core.queue import JobQueue
 
@@ -78,27 +76,13 @@ class Fleet:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.redis: subprocess.Popen[bytes] | None = None
         self.hosts: list[subprocess.Popen[bytes]] = []
 
     def start_redis(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise SystemExit("redis-server is not installed (bash .ci/setup dev installs it)")
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.tmp)]  # fmt: skip
-        self.redis = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
+        self.redis = start_redis(self.port, self.tmp)
 
     def start_workers(self, count: int, per_host: int, step_s: float, log: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

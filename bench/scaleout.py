@@ -26,9 +26,7 @@ import contextlib
 import itertools
 import logging
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +40,7 @@ import torch
 
 from bench.common import emit
 from bench.queue import BENCH_MODEL_CACHE, DeliveryLike, bench_settings, started_queue, video_job
+from bench.redis_server import free_port, start_redis
 from bot.core.jobs import Job
 from bot.core.queue import JobQueue
 
@@ -58,26 +57,12 @@ class Cluster:
     def __init__(self, tmp: Path, cores: list[int]) -> None:
         self.tmp = tmp
         self.cores = cores
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start_redis(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise SystemExit("redis-server is not installed (bash .ci/setup dev installs it)")
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.tmp)]  # fmt: skip
-        self.procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
-        deadline = time.monotonic() + 15
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
+        self.procs.append(start_redis(self.port, self.tmp))
 
     def start_worker(self, n: int) -> None:
         core = self.cores[n % len(self.cores)]
